@@ -1,0 +1,73 @@
+"""The small protocol every generator adapter implements.
+
+The sampler loop (identity_grpo/sampling.py) and the GRPO update only talk to a generator
+through these methods, so VACE, Phantom and any later model share one training loop:
+
+    conds = gen.encode_conditions(prompts, references)        # once per group, batched
+    x = gen.initial_noise(batch, rng)                          # [B, C, T, H, W] float32
+    v = gen.predict_velocity(x, sigma, conds)                  # CFG already applied
+    frames = gen.decode(x0)                                    # [B, T, H, W, 3] float in [0, 1]
+
+`predict_velocity` must be differentiable with respect to `gen.trainable_module()` (the
+transformer that carries the LoRA adapter). Everything else is frozen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Conditions:
+    """Encoded conditions for a batch of B samples; generator specific tensors in `tensors`.
+
+    Every tensor in `tensors` has the batch as its first dimension so that a batch of
+    conditions can be sliced (`select`) or repeated (`repeat_interleave`) uniformly.
+    """
+
+    tensors: dict[str, torch.Tensor]
+    prompts: list[str]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompts)
+
+    def select(self, index: torch.Tensor | list[int]) -> "Conditions":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Conditions(
+            {k: v[index.to(v.device)] for k, v in self.tensors.items()},
+            [self.prompts[i] for i in index.tolist()],
+        )
+
+    def repeat_interleave(self, repeats: int) -> "Conditions":
+        return Conditions(
+            {k: v.repeat_interleave(repeats, dim=0) for k, v in self.tensors.items()},
+            [p for p in self.prompts for _ in range(repeats)],
+        )
+
+
+class Generator(Protocol):
+    """What the sampler and trainers need from a video generator."""
+
+    def encode_conditions(
+        self, prompts: Sequence[str], references: Sequence[Sequence[np.ndarray]]
+    ) -> Conditions:
+        """prompts: B strings; references: per sample a list of uint8 [h, w, 3] images."""
+
+    def initial_noise(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Gaussian noise of the latent shape: [B, C, T, H, W] float32."""
+
+    def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, conds: Conditions) -> torch.Tensor:
+        """latents [B, C, T, H, W], sigma [B] in (0, 1] -> velocity [B, C, T, H, W] (eps - x0), float32."""
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents [B, C, T, H, W] -> frames [B, T, H, W, 3] float in [0, 1]."""
+
+    def trainable_module(self) -> torch.nn.Module:
+        """The module LoRA is attached to (the diffusion transformer)."""
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """The sampling schedule: num_steps + 1 values from ~1 down to 0, float32."""

@@ -1,0 +1,191 @@
+"""Stage-1 training loop (plain accelerate): pairs in, a Bradley-Terry(-ties) reward model out.
+
+    prepare data -> build model -> loop(micro-batch: score both clips, BTT loss, step) ->
+    periodic eval / checkpoint -> final eval vs. the non-learned baseline -> metrics.json -> Hub
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from reward_model.checkpointing import load_training_state, save_training_state
+from reward_model.config import RewardConfig
+from reward_model.config_io import to_dict
+from reward_model.evaluate import calibrate_tie_threshold
+from reward_model.losses import bradley_terry_loss, bt_ties_loss
+from reward_model.model import RewardModel
+from reward_model.pair_dataset import PairVideoDataset
+from reward_model.reward_data import PairCollator, load_splits
+from reward_model.model_setup import build_model_for_training
+from reward_model.report import final_evaluation
+from reward_model.tracking import RunLogger
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # micro-batches done (for resuming the data order)
+    skipped: int = 0  # pairs skipped because a file could not be read
+
+
+def make_accelerator(cfg: RewardConfig) -> Accelerator:
+    from accelerate.utils import InitProcessGroupKwargs
+
+    # gloo lets the same launch run on CPU-only machines; NCCL is picked on GPUs.
+    kwargs = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    return Accelerator(
+        mixed_precision=cfg.train.mixed_precision,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        kwargs_handlers=kwargs,
+        cpu=not torch.cuda.is_available(),
+    )
+
+
+def pair_loss(cfg: RewardConfig, rewards: torch.Tensor, labels: torch.Tensor):
+    reward_a, reward_b = rewards.float().chunk(2)
+    if cfg.train.loss == "btt":
+        return bt_ties_loss(reward_a, reward_b, labels, k=cfg.train.ties_k)
+    return bradley_terry_loss(reward_a, reward_b, labels)
+
+
+def total_steps(cfg: RewardConfig, num_pairs: int, world_size: int) -> int:
+    if cfg.train.max_steps > 0:
+        return cfg.train.max_steps
+    per_step = cfg.train.batch_size * cfg.train.grad_accum_steps * world_size
+    return max(1, math.ceil(cfg.train.epochs * num_pairs / per_step))
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warmup, then cosine decay to 10% of the peak rate."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+def endless(loader: DataLoader, skip: int):
+    """Yield batches forever (epoch after epoch), skipping the first `skip` micro-batches once."""
+    epoch = 0
+    while True:
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for batch in loader:
+            if skip > 0:
+                skip -= 1
+                continue
+            yield batch
+        epoch += 1
+
+
+def train_reward_model(cfg: RewardConfig) -> dict:
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.train.seed)
+    output_dir = Path(cfg.output_dir)
+    splits = load_splits(cfg.data, accelerator)
+    model: RewardModel = build_model_for_training(cfg, accelerator)
+    collator = PairCollator(model.processor)
+    dataset = PairVideoDataset(splits["train"], num_frames=model.config.num_frames, max_pixels=model.config.max_pixels)
+    loader = DataLoader(
+        dataset, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collator,
+        num_workers=cfg.data.num_workers, drop_last=len(dataset) >= cfg.train.batch_size,
+    )
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    steps = total_steps(cfg, len(dataset), accelerator.num_processes)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, steps))
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+
+    state = LoopState()
+    if cfg.resume:
+        meta = load_training_state(accelerator, output_dir)
+        if meta:
+            state = LoopState(**meta)
+            accelerator.print(f"resumed from {output_dir / 'state'} at step {state.step}")
+    logger = RunLogger(output_dir, cfg.wandb.project, cfg.wandb.mode, to_dict(cfg), cfg.wandb.run_name,
+                       enabled=accelerator.is_main_process)
+    run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, splits, state, steps, logger)
+
+    unwrapped = accelerator.unwrap_model(model)
+    final_dir = output_dir / "final"
+    if accelerator.is_main_process:
+        unwrapped.save_pretrained(final_dir)
+    accelerator.wait_for_everyone()
+    metrics = {}
+    if accelerator.is_main_process:
+        metrics = final_evaluation(cfg, unwrapped, splits, final_dir, accelerator.device)
+        metrics["skipped_pairs"] = state.skipped + collator.skipped
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        logger.log({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
+        if cfg.hub.push:
+            from reward_model.hub_publish import publish_reward_model
+
+            publish_reward_model(cfg, final_dir, metrics)
+    logger.finish()
+    accelerator.end_training()
+    return metrics
+
+
+def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, splits, state: LoopState, steps: int, logger):
+    model.train()
+    batches = endless(loader, skip=state.micro_step)
+    progress = tqdm(total=steps, initial=state.step, desc="reward training", disable=not accelerator.is_local_main_process)
+    running: dict[str, float] = {}
+    while state.step < steps:
+        batch = next(batches)
+        state.micro_step += 1
+        with accelerator.accumulate(model):
+            rewards = model(batch.inputs)
+            loss, stats = pair_loss(cfg, rewards, batch.labels)
+            accelerator.backward(loss)
+            grad_norm = None
+            if accelerator.sync_gradients:
+                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        for key, value in {"loss": loss.item(), **stats}.items():
+            running[key] = running.get(key, 0.0) + float(value)
+        running["count"] = running.get("count", 0.0) + 1
+        if not accelerator.sync_gradients:
+            continue
+        state.step += 1
+        progress.update(1)
+        if state.step % cfg.train.log_every == 0 or state.step == steps:
+            count = running.pop("count")
+            logged = {f"train/{k}": v / count for k, v in running.items()}
+            logged.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm or 0.0)})
+            logger.log(logged, step=state.step)
+            progress.set_postfix(loss=f"{logged['train/loss']:.3f}", acc=f"{logged.get('train/accuracy', float('nan')):.2f}")
+            running = {}
+        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and splits.get("val"):
+            logger.log(validation_metrics(cfg, accelerator, model, splits["val"]), step=state.step)
+            model.train()
+        if cfg.train.save_every and state.step % cfg.train.save_every == 0:
+            state.skipped = collator.skipped
+            save_training_state(accelerator, cfg.output_dir, vars(state))
+    progress.close()
+
+
+@torch.no_grad()
+def validation_metrics(cfg, accelerator, model, rows: list[dict]) -> dict:
+    from reward_model.report import score_rows
+    from reward_model.evaluate import PairScores, pair_report
+
+    unwrapped = accelerator.unwrap_model(model)
+    unwrapped.eval()
+    scores = score_rows(unwrapped, rows, accelerator.device)
+    threshold = calibrate_tie_threshold(scores.margin, [r["label"] for r in rows])
+    report = pair_report(scores, threshold)
+    return {"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy}
