@@ -154,7 +154,9 @@ def identity_metrics(
             links = _match(cosine_similarity_matrix(frames[t], frames[t + 1]), link_similarity)
         before, after = assignments[t].person_of_face, assignments[t + 1].person_of_face
         changes = [
-            (int(before[i]), int(after[j])) for i, j in links if before[i] >= 0 and after[j] >= 0 and before[i] != after[j]
+            (int(before[i]), int(after[j]))
+            for i, j in links
+            if before[i] >= 0 and after[j] >= 0 and before[i] != after[j]
         ]
         swaps += _count_swaps(changes)
 

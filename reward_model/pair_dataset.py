@@ -1,7 +1,7 @@
-"""Torch dataset over a pair manifest: decodes both clips and the references of each pair.
+"""Pair data for training: manifests resolved (or synthetic pairs built), decoded, collated.
 
-A pair whose files cannot be read is skipped and counted (`skipped`), so one corrupt clip in
-a long run costs one sample, not the run.
+A pair whose files cannot be read is skipped and counted by the collator, so one corrupt
+clip in a long run costs one sample, not the run.
 """
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
+from reward_model.config import DataConfig
+from reward_model.pairs import load_pairs
 from reward_model.video import VideoReadError, read_image, read_video
 
 LABEL_TO_INDEX = {"a": 0, "b": 1, "tie": 2}
@@ -24,7 +27,6 @@ class PairSample:
     references: list[np.ndarray]  # P x [h, w, 3] uint8
     prompt: str
     label: int  # 0: a preferred, 1: b preferred, 2: tie
-    index: int  # row in the manifest
 
 
 class PairVideoDataset(Dataset):
@@ -32,7 +34,6 @@ class PairVideoDataset(Dataset):
         self.rows = rows
         self.num_frames = num_frames
         self.max_pixels = max_pixels
-        self.skipped = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -46,9 +47,50 @@ class PairVideoDataset(Dataset):
                 references=[read_image(p) for p in row["references"]],
                 prompt=row["prompt"],
                 label=LABEL_TO_INDEX[row["label"]],
-                index=index,
             )
         except (VideoReadError, OSError, ValueError) as error:
-            self.skipped += 1
             logger.warning("skipping pair %s (row %d): %s", row.get("pair_id"), index, error)
             return None
+
+
+@dataclass
+class PairBatch:
+    inputs: object  # model inputs for 2B clips: the B "a" clips first, then the B "b" clips
+    labels: torch.Tensor  # [B] long: 0 a, 1 b, 2 tie
+
+
+class PairCollator:
+    """Drops unreadable pairs (counting them) and builds one model batch of 2B clips."""
+
+    def __init__(self, processor):
+        self.processor = processor
+        self.skipped = 0
+
+    def __call__(self, samples: list[PairSample | None]) -> PairBatch:
+        good = [s for s in samples if s is not None]
+        self.skipped += len(samples) - len(good)
+        if not good:
+            raise RuntimeError("every pair of a batch was unreadable; see the warnings above")
+        clips = [s.video_a for s in good] + [s.video_b for s in good]
+        refs = [s.references for s in good] * 2
+        prompts = [s.prompt for s in good] * 2
+        inputs = self.processor(clips, refs, prompts)
+        return PairBatch(inputs, torch.tensor([s.label for s in good], dtype=torch.long))
+
+
+def load_splits(cfg: DataConfig, accelerator) -> dict[str, list[dict]]:
+    """Manifest rows per split, validated up front; synthetic pairs are built when none are given."""
+    paths = {"train": cfg.train_manifest, "val": cfg.val_manifest, "test": cfg.test_manifest}
+    if not cfg.train_manifest:
+        from reward_model.build_pairs import build_synthetic_pairs
+
+        s = cfg.synthetic
+        if accelerator.is_main_process:
+            build_synthetic_pairs(s.out_dir, s.num_train, s.num_val, s.num_test, seed=s.seed,
+                                  num_frames=s.num_frames, height=s.height, width=s.width)
+        accelerator.wait_for_everyone()
+        paths = {split: f"{s.out_dir}/{split}.jsonl" for split in paths}
+    return {
+        split: [dict(row) for row in load_pairs(path, check_files=cfg.check_files)]
+        for split, path in paths.items() if path
+    }

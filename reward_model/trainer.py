@@ -19,13 +19,12 @@ from tqdm.auto import tqdm
 from reward_model.checkpointing import load_training_state, save_training_state
 from reward_model.config import RewardConfig
 from reward_model.config_io import to_dict
-from reward_model.evaluate import calibrate_tie_threshold
+from reward_model.evaluate import calibrate_tie_threshold, pair_report
 from reward_model.losses import bradley_terry_loss, bt_ties_loss
 from reward_model.model import RewardModel
-from reward_model.pair_dataset import PairVideoDataset
-from reward_model.reward_data import PairCollator, load_splits
-from reward_model.model_setup import build_model_for_training
-from reward_model.report import final_evaluation
+from reward_model.final_eval import final_evaluation, score_rows
+from reward_model.hub import prepare_upload, push_folder
+from reward_model.pair_dataset import PairCollator, PairVideoDataset, load_splits
 from reward_model.tracking import RunLogger
 
 
@@ -129,9 +128,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         logger.log({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
         if cfg.hub.push:
-            from reward_model.hub_publish import publish_reward_model
-
-            publish_reward_model(cfg, final_dir, metrics)
+            publish(cfg, final_dir, metrics)
     logger.finish()
     accelerator.end_training()
     return metrics
@@ -178,14 +175,23 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, sp
     progress.close()
 
 
-@torch.no_grad()
 def validation_metrics(cfg, accelerator, model, rows: list[dict]) -> dict:
-    from reward_model.report import score_rows
-    from reward_model.evaluate import PairScores, pair_report
+    from reward_model.scorer import RewardScorer
 
     unwrapped = accelerator.unwrap_model(model)
-    unwrapped.eval()
-    scores = score_rows(unwrapped, rows, accelerator.device)
+    scores = score_rows(RewardScorer(unwrapped, device=accelerator.device).score, rows,
+                        unwrapped.config.num_frames, desc="validation")
     threshold = calibrate_tie_threshold(scores.margin, [r["label"] for r in rows])
     report = pair_report(scores, threshold)
     return {"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy}
+
+
+def publish(cfg: RewardConfig, final_dir: Path, metrics: dict) -> None:
+    card_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+    summary = (
+        "Identity-consistency reward model for multi-person videos (Bradley-Terry with ties on "
+        f"pairwise preferences), trained with identity-grpo. Backbone: `{cfg.model.backbone}`."
+    )
+    prepare_upload(final_dir, "Identity reward model", summary, card_metrics, to_dict(cfg), ["reward-model", "video"])
+    url = push_folder(final_dir, cfg.hub.repo_id, private=cfg.hub.private, commit_message="identity reward model")
+    print(f"pushed {final_dir} to {url}")

@@ -6,12 +6,15 @@ with one output is an ArcFace recognizer. These two models have those shapes and
 predictably, so tests can assert where faces are found and what their embeddings are:
 
 - the detector finds a "face" in every 32x32 cell (aligned to the 32-pixel grid) whose mean
-  brightness is well above black; the box is exactly that cell and the five landmarks are
-  ArcFace's canonical template scaled into it, so alignment maps the cell onto the crop;
+  brightness is well above black; the box is that cell, stretched right and down by the cell's
+  green level when it is above mid-grey (so a test can make one face larger than another), and
+  the five landmarks are ArcFace's canonical template scaled into the cell, so alignment maps
+  the cell onto the crop;
 - the recognizer's embedding is a fixed linear map of the mean colour at the crop's centre.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +36,23 @@ class TinyDetector(nn.Module):
         # Per level: logit = gain * cell brightness + bias. Strides 8 and 16 never fire.
         self.register_buffer("gain", torch.tensor([0.0, 0.0, 20.0]))
         self.register_buffer("bias", torch.tensor([-30.0, -30.0, 10.0]))  # stride 32 fires above -0.5
-        # Distances in stride units from the anchor (the cell's top-left corner): the cell itself.
+        # Distances in stride units from the anchor (the cell's top-left corner): the cell itself ...
         self.register_buffer("box", torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+        # ... plus, right and bottom, the cell's normalised green level when positive.
+        self.register_buffer("stretch", torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
         self.register_buffer("landmarks", torch.from_numpy(arcface_dst.reshape(1, 10) / CROP))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         brightness = x.mean(dim=1, keepdim=True)  # [1, 1, H, W]
         scores, boxes, landmarks = [], [], []
         for level, stride in enumerate(STRIDES):
-            cells = nn.functional.avg_pool2d(brightness, stride)  # [1, 1, H/s, W/s], row-major like SCRFD's anchors
-            score = torch.sigmoid(self.gain[level] * cells + self.bias[level]).reshape(-1, 1)
-            score = score.repeat(1, 2).reshape(-1, 1)  # two anchors per location, location-major
-            ones = torch.ones_like(score)
+            # Per cell, row-major like SCRFD's anchors, repeated for its two anchors (location-major).
+            cells = nn.functional.avg_pool2d(brightness, stride).reshape(-1, 1).repeat(1, 2).reshape(-1, 1)
+            green = nn.functional.avg_pool2d(x[:, 1:2], stride).reshape(-1, 1).repeat(1, 2).reshape(-1, 1)
+            score = torch.sigmoid(self.gain[level] * cells + self.bias[level])  # [N_s, 1]
             scores.append(score)
-            boxes.append(ones * self.box)
-            landmarks.append(ones * self.landmarks)
+            boxes.append(self.box + torch.relu(green) * self.stretch)
+            landmarks.append(torch.ones_like(score) * self.landmarks)
         return (*scores, *boxes, *landmarks)
 
 
@@ -76,6 +81,12 @@ def expected_embedding(rgb: tuple[int, int, int], weight: np.ndarray) -> np.ndar
     return e / np.linalg.norm(e)
 
 
+def expected_box(x0: float, y0: float, rgb: tuple[int, int, int]) -> np.ndarray:
+    """[4] box of the face of colour `rgb` in the cell whose top-left corner is (x0, y0)."""
+    side = CELL * (1.0 + max((rgb[1] - 127.5) / 128.0, 0.0))  # SCRFD input normalisation is /128
+    return np.array([x0, y0, x0 + side, y0 + side])
+
+
 def expected_landmarks(x0: float, y0: float) -> np.ndarray:
     """[5, 2] landmarks of the face in the cell whose top-left corner is (x0, y0)."""
     return np.array([x0, y0]) + arcface_dst * (CELL / CROP)
@@ -84,26 +95,30 @@ def expected_landmarks(x0: float, y0: float) -> np.ndarray:
 def write_pack(folder: Path, weight: np.ndarray, with_detector: bool = True) -> Path:
     """Export the tiny detector and recognizer as .onnx files into `folder` (created)."""
     folder.mkdir(parents=True, exist_ok=True)
-    if with_detector:
-        names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in STRIDES]
+    # The TorchScript exporter (dynamo=False) is deliberate: it writes these small graphs with
+    # plain dynamic axes in one quick pass; its deprecation notices are noise here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if with_detector:
+            names = [f"{kind}_{s}" for kind in ("score", "bbox", "kps") for s in STRIDES]
+            torch.onnx.export(
+                TinyDetector(),
+                (torch.zeros(1, 3, 2 * CELL, 2 * CELL),),
+                str(folder / "det_tiny.onnx"),
+                input_names=["input.1"],
+                output_names=names,
+                dynamic_axes={"input.1": {2: "height", 3: "width"}, **{n: {0: f"anchors_{n}"} for n in names}},
+                dynamo=False,
+            )
         torch.onnx.export(
-            TinyDetector(),
-            (torch.zeros(1, 3, 2 * CELL, 2 * CELL),),
-            str(folder / "det_tiny.onnx"),
+            TinyRecognizer(torch.from_numpy(weight)),
+            (torch.zeros(1, 3, CROP, CROP),),
+            str(folder / "rec_tiny.onnx"),
             input_names=["input.1"],
-            output_names=names,
-            dynamic_axes={"input.1": {2: "height", 3: "width"}, **{n: {0: f"anchors_{n}"} for n in names}},
+            output_names=["embedding"],
+            dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}},
             dynamo=False,
         )
-    torch.onnx.export(
-        TinyRecognizer(torch.from_numpy(weight)),
-        (torch.zeros(1, 3, CROP, CROP),),
-        str(folder / "rec_tiny.onnx"),
-        input_names=["input.1"],
-        output_names=["embedding"],
-        dynamic_axes={"input.1": {0: "batch"}, "embedding": {0: "batch"}},
-        dynamo=False,
-    )
     return folder
 
 
