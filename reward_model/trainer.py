@@ -21,7 +21,8 @@ from reward_model.config import RewardConfig
 from reward_model.config_io import to_dict
 from reward_model.evaluate import calibrate_tie_threshold, pair_report
 from reward_model.losses import bradley_terry_loss, bt_ties_loss
-from reward_model.model import RewardModel
+from reward_model.model import RewardModel, build_reward_model
+from reward_model.synthetic.identities import vocabulary as synthetic_vocabulary
 from reward_model.final_eval import final_evaluation, score_rows
 from reward_model.hub import prepare_upload, push_folder
 from reward_model.pair_dataset import PairCollator, PairVideoDataset, load_splits
@@ -33,6 +34,18 @@ class LoopState:
     step: int = 0  # optimizer steps done
     micro_step: int = 0  # micro-batches done (for resuming the data order)
     skipped: int = 0  # pairs skipped because a file could not be read
+
+
+def build_model_for_training(cfg: RewardConfig, accelerator: Accelerator) -> RewardModel:
+    """A fresh model, or (synthetic world) the cached verification-pretrained one."""
+    if not cfg.pretrain.enabled:
+        return build_reward_model(cfg.model, synthetic_vocabulary() if cfg.model.backbone == "tiny" else ())
+    from reward_model.pretrain import pretrained_model_dir
+
+    s = cfg.data.synthetic
+    with accelerator.main_process_first():  # the main process pretrains; the others then find the cache
+        folder = pretrained_model_dir(cfg.model, cfg.pretrain, s.num_frames, s.height, s.width)
+    return RewardModel.from_pretrained(folder)
 
 
 def make_accelerator(cfg: RewardConfig) -> Accelerator:

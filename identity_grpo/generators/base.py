@@ -4,7 +4,7 @@ The sampler loop (identity_grpo/sampling.py) and the GRPO update only talk to a 
 through these methods, so VACE, Phantom and any later model share one training loop:
 
     conds = gen.encode_conditions(prompts, references)        # once per group, batched
-    x = gen.initial_noise(batch, rng)                          # [B, C, T, H, W] float32
+    x = gen.initial_noise(conds, rng)                          # [B, C, T, H, W] float32
     v = gen.predict_velocity(x, sigma, conds)                  # CFG already applied
     frames = gen.decode(x0)                                    # [B, T, H, W, 3] float in [0, 1]
 
@@ -57,8 +57,13 @@ class Generator(Protocol):
     ) -> Conditions:
         """prompts: B strings; references: per sample a list of uint8 [h, w, 3] images."""
 
-    def initial_noise(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
-        """Gaussian noise of the latent shape: [B, C, T, H, W] float32."""
+    def initial_noise(self, conds: Conditions, generator: torch.Generator | None) -> torch.Tensor:
+        """Gaussian noise of the latent shape for conds' B samples: [B, C, T, H, W] float32.
+
+        Takes the conditions, not just a batch size, because the latent shape may depend on
+        them (VACE denoises one extra latent frame per reference image). Drawn on the CPU with
+        `generator`, then moved to the model's device, so a seed gives the same noise anywhere.
+        """
 
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, conds: Conditions) -> torch.Tensor:
         """latents [B, C, T, H, W], sigma [B] in (0, 1] -> velocity [B, C, T, H, W] (eps - x0), float32."""
