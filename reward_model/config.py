@@ -95,6 +95,7 @@ class RewardConfig:
     resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
+        self.model.validate()
         t = self.train
         if t.batch_size < 1 or t.grad_accum_steps < 1:
             raise ConfigError("train.batch_size and train.grad_accum_steps must be >= 1")

@@ -117,8 +117,14 @@ def _coerce(tp: Any, value: Any, source: str, field: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: field '{field}' must be a mapping, got {value!r}")
         return dict(value)
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if tp is float:
+        # YAML reads `1e-4` (no dot) as a string; accept any number spelling.
+        try:
+            if not isinstance(value, bool):
+                return float(value)
+        except (TypeError, ValueError):
+            pass
+        raise ConfigError(f"{source}: field '{field}' must be a number, got {value!r}")
     if tp in (int, bool, str) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         if tp is str and isinstance(value, (int, float)):
             return str(value)

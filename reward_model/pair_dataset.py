@@ -57,25 +57,27 @@ class PairVideoDataset(Dataset):
 class PairBatch:
     inputs: object  # model inputs for 2B clips: the B "a" clips first, then the B "b" clips
     labels: torch.Tensor  # [B] long: 0 a, 1 b, 2 tie
+    num_skipped: int  # pairs of this batch dropped because a file could not be read
 
 
 class PairCollator:
-    """Drops unreadable pairs (counting them) and builds one model batch of 2B clips."""
+    """Drops unreadable pairs (the batch says how many) and builds one model batch of 2B clips.
+
+    The count travels with the batch because collation may run in DataLoader worker processes.
+    """
 
     def __init__(self, processor):
         self.processor = processor
-        self.skipped = 0
 
     def __call__(self, samples: list[PairSample | None]) -> PairBatch:
         good = [s for s in samples if s is not None]
-        self.skipped += len(samples) - len(good)
         if not good:
             raise RuntimeError("every pair of a batch was unreadable; see the warnings above")
         clips = [s.video_a for s in good] + [s.video_b for s in good]
         refs = [s.references for s in good] * 2
         prompts = [s.prompt for s in good] * 2
         inputs = self.processor(clips, refs, prompts)
-        return PairBatch(inputs, torch.tensor([s.label for s in good], dtype=torch.long))
+        return PairBatch(inputs, torch.tensor([s.label for s in good], dtype=torch.long), len(samples) - len(good))
 
 
 def load_splits(cfg: DataConfig, accelerator) -> dict[str, list[dict]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,9 @@ def build_model_for_training(cfg: RewardConfig, accelerator: Accelerator) -> Rew
 def make_accelerator(cfg: RewardConfig) -> Accelerator:
     from accelerate.utils import InitProcessGroupKwargs
 
-    # gloo lets the same launch run on CPU-only machines; NCCL is picked on GPUs.
-    kwargs = [] if torch.cuda.is_available() else [InitProcessGroupKwargs(backend="gloo")]
+    # Several CPU processes need gloo named explicitly; GPUs use NCCL, one process needs no group.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
     return Accelerator(
         mixed_precision=cfg.train.mixed_precision,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
@@ -85,6 +87,26 @@ def lr_lambda(warmup: int, total: int):
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
     return factor
+
+
+# Rate statistics are means over the non-tied (or tied) pairs of a micro-batch: weight them so.
+WEIGHT_OF = {"accuracy": "num_non_tied", "margin": "num_non_tied", "tie_abs_margin": "num_tied", "tie_within_margin": "num_tied"}
+
+
+def accumulate(running: dict[str, float], loss: float, stats: dict[str, float]) -> None:
+    running["loss"] = running.get("loss", 0.0) + loss
+    running["micro_batches"] = running.get("micro_batches", 0.0) + 1
+    for key, value in stats.items():
+        weight = stats.get(WEIGHT_OF[key], 0.0) if key in WEIGHT_OF else 1.0
+        running[key] = running.get(key, 0.0) + float(value) * weight
+
+
+def averages(running: dict[str, float]) -> dict[str, float]:
+    out = {"loss": running["loss"] / running["micro_batches"]}
+    for key, weight_key in WEIGHT_OF.items():
+        if running.get(weight_key):
+            out[key] = running.get(key, 0.0) / running[weight_key]
+    return out
 
 
 def endless(loader: DataLoader, skip: int):
@@ -127,7 +149,8 @@ def train_reward_model(cfg: RewardConfig) -> dict:
             accelerator.print(f"resumed from {output_dir / 'state'} at step {state.step}")
     logger = RunLogger(output_dir, cfg.wandb.project, cfg.wandb.mode, to_dict(cfg), cfg.wandb.run_name,
                        enabled=accelerator.is_main_process)
-    run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, splits, state, steps, logger)
+    run_loop(cfg, accelerator, model, optimizer, scheduler, loader, splits, state, steps, logger)
+    save_training_state(accelerator, output_dir, vars(state))  # a longer rerun continues from here
 
     unwrapped = accelerator.unwrap_model(model)
     final_dir = output_dir / "final"
@@ -137,7 +160,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     metrics = {}
     if accelerator.is_main_process:
         metrics = final_evaluation(cfg, unwrapped, splits, final_dir, accelerator.device)
-        metrics["skipped_pairs"] = state.skipped + collator.skipped
+        metrics["skipped_pairs"] = state.skipped
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         logger.log({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
         if cfg.hub.push:
@@ -147,7 +170,7 @@ def train_reward_model(cfg: RewardConfig) -> dict:
     return metrics
 
 
-def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, splits, state: LoopState, steps: int, logger):
+def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, splits, state: LoopState, steps: int, logger):
     model.train()
     batches = endless(loader, skip=state.micro_step)
     progress = tqdm(total=steps, initial=state.step, desc="reward training", disable=not accelerator.is_local_main_process)
@@ -155,6 +178,7 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, sp
     while state.step < steps:
         batch = next(batches)
         state.micro_step += 1
+        state.skipped += batch.num_skipped
         with accelerator.accumulate(model):
             rewards = model(batch.inputs)
             loss, stats = pair_loss(cfg, rewards, batch.labels)
@@ -165,16 +189,13 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, sp
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-        for key, value in {"loss": loss.item(), **stats}.items():
-            running[key] = running.get(key, 0.0) + float(value)
-        running["count"] = running.get("count", 0.0) + 1
+        accumulate(running, loss.item(), stats)
         if not accelerator.sync_gradients:
             continue
         state.step += 1
         progress.update(1)
         if state.step % cfg.train.log_every == 0 or state.step == steps:
-            count = running.pop("count")
-            logged = {f"train/{k}": v / count for k, v in running.items()}
+            logged = {f"train/{k}": v for k, v in averages(running).items()}
             logged.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm or 0.0)})
             logger.log(logged, step=state.step)
             progress.set_postfix(loss=f"{logged['train/loss']:.3f}", acc=f"{logged.get('train/accuracy', float('nan')):.2f}")
@@ -183,7 +204,6 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, collator, sp
             logger.log(validation_metrics(cfg, accelerator, model, splits["val"]), step=state.step)
             model.train()
         if cfg.train.save_every and state.step % cfg.train.save_every == 0:
-            state.skipped = collator.skipped
             save_training_state(accelerator, cfg.output_dir, vars(state))
     progress.close()
 

@@ -27,9 +27,9 @@ class Outer:
 def test_yaml_then_dotted_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("name: run\ninner:\n  lr: 1\n  names: [p, q]\n")
-    cfg = load_config(Outer, path, ["inner.steps=7", "inner.mode=b", "name=other"])
+    cfg = load_config(Outer, path, ["inner.steps=7", "inner.mode=b", "name=other", "inner.lr=2e-3"])
     assert cfg.name == "other"
-    assert cfg.inner.lr == 1.0 and isinstance(cfg.inner.lr, float)
+    assert cfg.inner.lr == 2e-3 and isinstance(cfg.inner.lr, float)  # YAML reads 2e-3 as a string
     assert cfg.inner.steps == 7 and cfg.inner.mode == "b" and cfg.inner.names == ["p", "q"]
 
 
@@ -42,7 +42,7 @@ def test_unknown_field_names_file_and_field(tmp_path):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("inner.steps=abc", "field 'inner.steps' must be int"), ("inner.mode=c", "must be one of"),
+    [("inner.steps=abc", "field 'inner.steps' must be int"), ("inner.lr=fast", "'inner.lr' must be a number"), ("inner.mode=c", "must be one of"),
      ("inner.steps=-1", "inner.steps must be >= 0"), ("novalue", "expected key.sub=value")],
 )
 def test_bad_overrides(override, message):

@@ -1,0 +1,245 @@
+"""Build synthetic preference pairs: mp4 clips, reference PNGs and train/val/test manifests.
+
+    python -m reward_model.build_pairs --out data/synthetic/pairs --train 3000 --val 200 --test 400 --seed 0
+
+Pair kinds (per split, each distortion kind equally often within a kind of pair):
+- clean vs distorted (60%): one rendered clip and a distorted copy, severity ~ U(0.3, 1);
+- mild vs severe (20%): the same clip distorted twice by one operator (same people, same
+  choices), severities s ~ U(0.1, 0.4) and ~ U(s + 0.4, 1);
+- ties (20%): two renderings of the same people with different motion and background, both
+  clean or both with the same distortion at the same severity.
+Train and val pairs show training identities only, test pairs held-out identities only.
+Every pair is generated from its own seed (seed, split, index), so the result does not depend
+on the number of workers. A finished build is recorded in build.json; running again with the
+same settings does nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from reward_model.distortions import DISTORTIONS, apply_distortion
+from reward_model.pairs import write_pairs
+from reward_model.synthetic.clips import sample_clip
+from reward_model.synthetic.identities import sample_identities
+from reward_model.synthetic.render import render_reference
+from reward_model.video import write_image, write_video
+
+BUILD_VERSION = 1  # bump when the world or the pair recipe changes, so old builds are redone
+SPLITS = ("train", "val", "test")
+SPLIT_IDENTITIES = {"train": "train", "val": "train", "test": "heldout"}
+KINDS = tuple(DISTORTIONS)
+# Shares of each pair type; the remainder after these is clean vs distorted.
+MILD_SEVERE_SHARE = 0.2
+TIE_CLEAN_SHARE = 0.1
+TIE_DISTORTED_SHARE = 0.1
+SEVERITY = (0.3, 1.0)  # clean vs distorted: most distortions clearly visible
+MILD = (0.1, 0.4)
+SEVERE_GAP = 0.4  # a severe copy is at least this much more severe than the mild one
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    num_train: int
+    num_val: int
+    num_test: int
+    seed: int = 0
+    num_frames: int = 8
+    height: int = 48
+    width: int = 64
+    fps: float = 8.0
+    reference_size: int = 32
+    version: int = BUILD_VERSION
+
+
+@dataclass(frozen=True)
+class PairSpec:
+    split: str
+    index: int
+    pair_type: str  # "distorted", "mild_severe", "tie_clean" or "tie_distorted"
+    kind: str  # distortion kind ("clean" for clean ties)
+
+
+def plan_split(split: str, count: int, seed: int) -> list[PairSpec]:
+    """Pair types in their shares, distortion kinds cycling within each type, order shuffled."""
+    counts = {
+        "mild_severe": round(count * MILD_SEVERE_SHARE),
+        "tie_clean": round(count * TIE_CLEAN_SHARE),
+        "tie_distorted": round(count * TIE_DISTORTED_SHARE),
+    }
+    counts = {"distorted": count - sum(counts.values()), **counts}
+    if counts["distorted"] < 0:
+        raise ValueError(f"{split}: {count} pairs are too few for the pair-type shares")
+    types = [(pair_type, "clean" if pair_type == "tie_clean" else KINDS[i % len(KINDS)])
+             for pair_type, n in counts.items() for i in range(n)]
+    order = np.random.default_rng([seed, SPLITS.index(split), 1]).permutation(len(types))
+    return [PairSpec(split, index, *types[j]) for index, j in enumerate(order)]
+
+
+def _reference_path(out_dir: Path, identity_id: int) -> Path:
+    return out_dir / "references" / f"{identity_id:05d}.png"
+
+
+def _ensure_reference(out_dir: Path, identity, size: int) -> None:
+    path = _reference_path(out_dir, identity.id)
+    if path.exists():
+        return
+    # Workers may draw the same person at once: each writes its own file, the rename is atomic.
+    temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.png")
+    write_image(temporary, render_reference(identity, size))
+    os.replace(temporary, path)
+
+
+def make_pair(spec: PairSpec, settings: BuildSettings, out_dir: Path) -> dict:
+    """Render, distort and write one pair; returns its manifest row (paths relative to out_dir)."""
+    rng = np.random.default_rng([settings.seed, SPLITS.index(spec.split), spec.index])
+    people = sample_identities(rng, int(rng.integers(2, 4)), SPLIT_IDENTITIES[spec.split])
+    shape = dict(num_frames=settings.num_frames, height=settings.height, width=settings.width)
+    clip = sample_clip(rng, people, **shape)
+    severity = severity_other = None
+    if spec.pair_type == "distorted":
+        severity = float(rng.uniform(*SEVERITY))
+        better = clip.frames
+        worse = apply_distortion(spec.kind, clip.frames, clip.boxes, severity, rng)
+        severity_other, label_better, distortion = 0.0, True, spec.kind
+    elif spec.pair_type == "mild_severe":
+        severity_other = float(rng.uniform(*MILD))
+        severity = float(rng.uniform(severity_other + SEVERE_GAP, 1.0))
+        choice_seed = int(rng.integers(2**32))  # one seed: both copies hit the same people
+        better = apply_distortion(spec.kind, clip.frames, clip.boxes, severity_other, np.random.default_rng(choice_seed))
+        worse = apply_distortion(spec.kind, clip.frames, clip.boxes, severity, np.random.default_rng(choice_seed))
+        label_better, distortion = True, spec.kind
+    else:
+        other = sample_clip(rng, people, **shape)
+        better, worse = clip.frames, other.frames
+        label_better, distortion = False, "clean"
+        if spec.pair_type == "tie_distorted":
+            severity = severity_other = float(rng.uniform(*SEVERITY))
+            better = apply_distortion(spec.kind, clip.frames, clip.boxes, severity, rng)
+            worse = apply_distortion(spec.kind, other.frames, other.boxes, severity, rng)
+            distortion = f"{spec.kind}+{spec.kind}"
+    better_is_a = bool(rng.uniform() < 0.5)
+    video_a, video_b = (better, worse) if better_is_a else (worse, better)
+    stem = f"videos/{spec.split}/{spec.index:06d}"
+    write_video(out_dir / f"{stem}_a.mp4", video_a, settings.fps)
+    write_video(out_dir / f"{stem}_b.mp4", video_b, settings.fps)
+    for person in people:
+        _ensure_reference(out_dir, person, settings.reference_size)
+    label = ("a" if better_is_a else "b") if label_better else "tie"
+    return {
+        "pair_id": f"{spec.split}-{spec.index:06d}",
+        "prompt": clip.prompt,
+        "references": [str(_reference_path(Path("."), p.id)) for p in people],
+        "video_a": f"{stem}_a.mp4",
+        "video_b": f"{stem}_b.mp4",
+        "label": label,
+        "source": "synthetic",
+        "distortion": distortion,
+        "severity": severity,
+        "severity_other": severity_other,
+        "num_frames": settings.num_frames,
+        "fps": settings.fps,
+        "identity_ids": [p.id for p in people],
+    }
+
+
+def _make_pairs(args: tuple[list[PairSpec], BuildSettings, Path]) -> list[dict]:
+    specs, settings, out_dir = args
+    return [make_pair(spec, settings, out_dir) for spec in specs]
+
+
+def _is_complete(out_dir: Path, settings: BuildSettings) -> bool:
+    record = out_dir / "build.json"
+    if not record.is_file():
+        return False
+    try:
+        stored = json.loads(record.read_text())["settings"]
+    except (json.JSONDecodeError, KeyError):
+        return False
+    return stored == asdict(settings) and all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS)
+
+
+def _clear(out_dir: Path) -> None:
+    """Remove what an earlier (other or unfinished) build left; nothing else in out_dir."""
+    for name in ("build.json", *(f"{s}.jsonl" for s in SPLITS)):
+        (out_dir / name).unlink(missing_ok=True)
+    for folder in ("videos", "references"):
+        shutil.rmtree(out_dir / folder, ignore_errors=True)
+
+
+def build_synthetic_pairs(
+    out_dir: str | Path, num_train: int, num_val: int, num_test: int, seed: int = 0, num_frames: int = 8,
+    height: int = 48, width: int = 64, fps: float = 8.0, reference_size: int = 32, workers: int = 2,
+    progress: bool = True,
+) -> dict[str, Path]:
+    """Build (or find already built) the synthetic pairs; returns split -> manifest path."""
+    out_dir = Path(out_dir)
+    settings = BuildSettings(num_train, num_val, num_test, seed, num_frames, height, width, float(fps), reference_size)
+    manifests = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
+    if _is_complete(out_dir, settings):
+        return manifests
+    _clear(out_dir)
+    (out_dir / "references").mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    counts = dict(zip(SPLITS, (num_train, num_val, num_test)))
+    specs = [spec for split in SPLITS for spec in plan_split(split, counts[split], seed)]
+    chunks = [specs[i : i + 32] for i in range(0, len(specs), 32)]
+    bar = tqdm(total=len(specs), desc="building synthetic pairs", unit="pair", disable=not progress)
+    rows: list[dict] = []
+    jobs = [(chunk, settings, out_dir) for chunk in chunks]
+    if workers <= 1:
+        for job in jobs:
+            rows += _make_pairs(job)
+            bar.update(len(job[0]))
+    else:
+        # spawn: safe even when the caller has already started threads (torch, accelerate)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            for job, chunk_rows in zip(jobs, pool.map(_make_pairs, jobs)):
+                rows += chunk_rows
+                bar.update(len(job[0]))
+    bar.close()
+    for split in SPLITS:
+        write_pairs(manifests[split], [row for row in rows if row["pair_id"].startswith(f"{split}-")])
+    seconds = time.perf_counter() - start
+    record = {"settings": asdict(settings), "counts": counts, "seconds": round(seconds, 2)}
+    (out_dir / "build.json").write_text(json.dumps(record, indent=2) + "\n")  # last: marks the build complete
+    return manifests
+
+
+def main(argv: list[str] | None = None) -> dict[str, Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="data/synthetic/pairs", help="output folder")
+    parser.add_argument("--train", type=int, default=3000, help="training pairs")
+    parser.add_argument("--val", type=int, default=200, help="validation pairs")
+    parser.add_argument("--test", type=int, default=400, help="test pairs (held-out identities)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--num-frames", type=int, default=8)
+    parser.add_argument("--height", type=int, default=48)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--fps", type=float, default=8.0)
+    parser.add_argument("--reference-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    manifests = build_synthetic_pairs(
+        args.out, args.train, args.val, args.test, seed=args.seed, num_frames=args.num_frames, height=args.height,
+        width=args.width, fps=args.fps, reference_size=args.reference_size, workers=args.workers,
+    )
+    total = args.train + args.val + args.test
+    print(f"{total} pairs in {args.out} ({time.perf_counter() - start:.1f} s): "
+          + ", ".join(f"{split} {path}" for split, path in manifests.items()))
+    return manifests
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from reward_model.build_pairs import KINDS, build_synthetic_pairs, main, plan_split
+from reward_model.pairs import load_pairs
+from reward_model.synthetic.identities import identity_from_id, is_heldout
+from reward_model.synthetic.measure import identity_consistency
+from reward_model.video import read_image, read_video
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pairs")
+    manifests = build_synthetic_pairs(out, 24, 6, 6, seed=3, workers=1, progress=False)
+    return out, manifests
+
+
+def test_plan_balances_pair_types_and_kinds():
+    plan = plan_split("train", 60, seed=0)
+    assert [spec.index for spec in plan] == list(range(60))
+    types = Counter(spec.pair_type for spec in plan)
+    assert types == {"distorted": 36, "mild_severe": 12, "tie_clean": 6, "tie_distorted": 6}
+    distorted = Counter(spec.kind for spec in plan if spec.pair_type == "distorted")
+    assert distorted == {kind: 6 for kind in KINDS}
+    assert plan == plan_split("train", 60, seed=0) and plan != plan_split("train", 60, seed=1)
+
+
+def test_manifests_load_with_every_file_present(built):
+    out, manifests = built
+    assert set(manifests) == {"train", "val", "test"}
+    splits = {split: load_pairs(path, check_files=True) for split, path in manifests.items()}
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [24, 6, 6]
+    row = splits["train"][0]
+    video = read_video(row["video_a"])
+    assert video.shape == (8, 48, 64, 3)
+    assert all(read_image(r).shape == (32, 32, 3) for r in row["references"])
+    assert len(row["references"]) == len(row["identity_ids"]) in (2, 3)
+    assert json.loads((out / "build.json").read_text())["settings"]["seed"] == 3
+
+
+def test_rows_follow_the_pair_recipe(built):
+    _, manifests = built
+    rows = [dict(r) for r in load_pairs(manifests["train"])]
+    assert {r["label"] for r in rows} == {"a", "b", "tie"}
+    for r in rows:
+        assert r["source"] == "synthetic" and r["num_frames"] == 8 and r["fps"] == 8.0
+        if r["label"] == "tie":
+            assert r["distortion"] == "clean" or r["distortion"] in {f"{k}+{k}" for k in KINDS}
+            assert r["severity"] == r["severity_other"]
+        elif r["severity_other"] == 0.0:  # clean vs distorted
+            assert r["distortion"] in KINDS and 0.3 <= r["severity"] <= 1.0
+        else:  # mild vs severe
+            assert r["severity"] - r["severity_other"] >= 0.4
+        people = [identity_from_id(i) for i in r["identity_ids"]]
+        assert r["prompt"].startswith(("two people: ", "three people: "))
+        assert all(p.hair_colour in r["prompt"] for p in people)
+
+
+def test_test_split_holds_only_heldout_identities(built):
+    _, manifests = built
+    for split in ("train", "val", "test"):
+        ids = [i for row in load_pairs(manifests[split]) for i in row["identity_ids"]]
+        assert all(is_heldout(i) == (split == "test") for i in ids)
+
+
+def test_labels_point_at_the_clip_with_better_identities(built):
+    """The independent measure agrees with the label on clearly distorted pairs."""
+    _, manifests = built
+    agree = total = 0
+    for row in load_pairs(manifests["train"]):
+        if row["label"] == "tie" or row["distortion"] == "degrade" or row["severity"] < 0.6:
+            continue
+        people = [identity_from_id(i) for i in row["identity_ids"]]
+        score_a = identity_consistency(read_video(row["video_a"]), people).worst
+        score_b = identity_consistency(read_video(row["video_b"]), people).worst
+        agree += (score_a > score_b) == (row["label"] == "a")
+        total += 1
+    assert total >= 5 and agree == total
+
+
+def test_a_finished_build_is_not_redone(built):
+    out, manifests = built
+    stamp = {p: p.stat().st_mtime_ns for p in (out / "videos" / "train").iterdir()}
+    again = build_synthetic_pairs(out, 24, 6, 6, seed=3, workers=1, progress=False)
+    assert again == manifests
+    assert {p: p.stat().st_mtime_ns for p in (out / "videos" / "train").iterdir()} == stamp
+
+
+def test_other_settings_rebuild_and_workers_do_not_change_the_result(tmp_path):
+    first = build_synthetic_pairs(tmp_path / "one", 4, 2, 2, seed=5, workers=1, progress=False)
+    second = build_synthetic_pairs(tmp_path / "two", 4, 2, 2, seed=5, workers=2, progress=False)
+    for split in first:
+        assert first[split].read_text() == second[split].read_text()
+    a = read_video(tmp_path / "one" / "videos" / "val" / "000001_a.mp4")
+    b = read_video(tmp_path / "two" / "videos" / "val" / "000001_a.mp4")
+    np.testing.assert_array_equal(a, b)
+    (tmp_path / "one" / "videos" / "train" / "stale.mp4").write_bytes(b"old")
+    build_synthetic_pairs(tmp_path / "one", 3, 1, 1, seed=6, workers=1, progress=False)
+    assert not (tmp_path / "one" / "videos" / "train" / "stale.mp4").exists()
+    assert len(load_pairs(tmp_path / "one" / "train.jsonl", check_files=True)) == 3
+
+
+def test_command_line(tmp_path, capsys):
+    manifests = main(["--out", str(tmp_path / "cli"), "--train", "2", "--val", "1", "--test", "1",
+                      "--num-frames", "4", "--height", "32", "--width", "48", "--workers", "1"])
+    assert "4 pairs" in capsys.readouterr().out
+    row = load_pairs(manifests["test"], check_files=True)[0]
+    assert read_video(row["video_b"]).shape == (4, 32, 48, 3) and row["num_frames"] == 4
