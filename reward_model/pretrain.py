@@ -2,9 +2,11 @@
 
 The real backbone (Qwen2.5-VL-3B) arrives knowing what faces and clothes look like; a tiny one
 built from a config knows nothing. Before it learns preferences it learns to *see*, the way
-vision-language models are pretrained: given the reference pictures and a clean clip of
-training identities, write what each reference shows and who is in the clip, left to right
-(next-token loss on every attribute word: hair, skin, eyes, head shape, accessory, shirt),
+vision-language models are pretrained: given the reference pictures (in random order) and a
+clean clip of training identities, write who is in the clip, left to right, then what each
+reference shows (next-token loss on every attribute word: hair, skin, eyes, head shape,
+accessory, shirt). The clip comes first so it must be read, not copied from the references;
+the shuffled references can then be copied only by matching them to the people in the clip,
 and, so the vision tower learns fast, name each person's attributes directly from its own
 features (the reference's tokens, and the tokens under each person's box in the clip; linear
 heads that are dropped after pretraining).
@@ -18,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,7 @@ from reward_model.prompting import RewardBatch, sample_frame_indices
 from reward_model.synthetic.identities import Identity, describe, sample_identities, vocabulary
 from reward_model.synthetic.render import render_reference
 
-VERSION = 2  # bump when the task changes, so stale caches are not reused
+VERSION = 3  # bump when the task changes, so stale caches are not reused
 IGNORE = -100
 ATTRIBUTE_VALUES = {
     "skin": list(world.SKIN_TONES), "hair_colour": list(world.HAIR_COLOURS), "hair_style": list(world.HAIR_STYLES),
@@ -43,16 +46,25 @@ ATTRIBUTE_VALUES = {
 }
 
 
-def caption(people: list[Identity]) -> str:
-    """What the model learns to write: each reference, then the clip's people left to right."""
-    references = " ; ".join(describe(p) for p in people)
-    return f"{references} . {' ; '.join(describe(p) for p in people)}"
+@dataclass
+class Example:
+    clip: Clip  # a clean clip; clip.identities are its people left to right
+    shown: list[Identity]  # the same people in the order their references are given
 
 
-def captioning_examples(rng: np.random.Generator, batch_size: int, num_frames: int, height: int, width: int) -> list[Clip]:
-    """Clean clips of 2-3 training identities."""
-    return [sample_clip(rng, sample_identities(rng, int(rng.integers(2, 4)), "train"),
-                        num_frames=num_frames, height=height, width=width) for _ in range(batch_size)]
+def caption(example: Example) -> str:
+    """What the model learns to write: the clip's people left to right, then each reference."""
+    return f"{' ; '.join(describe(p) for p in example.clip.identities)} . {' ; '.join(describe(p) for p in example.shown)}"
+
+
+def captioning_examples(rng: np.random.Generator, batch_size: int, num_frames: int, height: int, width: int) -> list[Example]:
+    """Clean clips of 2-3 training identities, references shuffled."""
+    examples = []
+    for _ in range(batch_size):
+        people = sample_identities(rng, int(rng.integers(2, 4)), "train")
+        clip = sample_clip(rng, people, num_frames=num_frames, height=height, width=width)
+        examples.append(Example(clip, [people[i] for i in rng.permutation(len(people))]))
+    return examples
 
 
 class AttributeHeads(nn.Module):
@@ -69,14 +81,14 @@ class AttributeHeads(nn.Module):
         return sum(F.cross_entropy(head(features), targets[:, i]) for i, head in enumerate(self.heads)) / len(self.heads)
 
 
-def person_features(model: RewardModel, batch: RewardBatch, clips: list[Clip]) -> tuple[torch.Tensor, list[Identity]]:
+def person_features(model: RewardModel, batch: RewardBatch, examples: list[Example]) -> tuple[torch.Tensor, list[Identity]]:
     """Pooled vision features of every reference and of every person in every temporal patch of the clips."""
     qwen, merge = model.backbone.model, model.vision.merge_size
     images = qwen.get_image_features(batch.pixel_values, batch.image_grid_thw).pooler_output
     videos = qwen.get_video_features(batch.pixel_values_videos, batch.video_grid_thw).pooler_output
     features = [tokens.mean(0) for tokens in images]
-    people = [p for clip in clips for p in clip.identities]
-    for clip, tokens, grid in zip(clips, videos, batch.video_grid_thw.tolist()):
+    people = [p for example in examples for p in example.shown]
+    for clip, tokens, grid in zip([e.clip for e in examples], videos, batch.video_grid_thw.tolist()):
         t, h, w = grid[0], grid[1] // merge, grid[2] // merge
         cells = tokens.reshape(t, h, w, -1)
         cell_h, cell_w = clip.frames.shape[1] / h, clip.frames.shape[2] / w
@@ -92,15 +104,15 @@ def person_features(model: RewardModel, batch: RewardBatch, clips: list[Clip]) -
     return torch.stack(features), people
 
 
-def captioning_batch(model: RewardModel, clips: list[Clip]) -> tuple[RewardBatch, torch.Tensor]:
+def captioning_batch(model: RewardModel, examples: list[Example]) -> tuple[RewardBatch, torch.Tensor]:
     """The reward prompt (with an empty clip prompt, so the answer is not given away) followed by
     the caption; labels [B, L] are IGNORE everywhere but on the caption and the closing token."""
     processor = model.processor
-    samples = [processor.sample(c.frames, [render_reference(p) for p in c.identities], "") for c in clips]
+    samples = [processor.sample(e.clip.frames, [render_reference(p) for p in e.shown], "") for e in examples]
     end = model.tokenizer.convert_tokens_to_ids("<|im_end|>")
     answers = []
-    for sample, clip in zip(samples, clips):
-        answer = torch.tensor(model.tokenizer(" " + caption(clip.identities), add_special_tokens=False)["input_ids"] + [end])
+    for sample, example in zip(samples, examples):
+        answer = torch.tensor(model.tokenizer(" " + caption(example), add_special_tokens=False)["input_ids"] + [end])
         answers.append(answer)
         sample.input_ids = torch.cat([sample.input_ids, answer])
         sample.mm_token_type_ids = torch.cat([sample.mm_token_type_ids, torch.zeros_like(answer, dtype=torch.int)])
@@ -155,10 +167,10 @@ def train_captioning(model: RewardModel, cfg, rng: np.random.Generator, num_fram
     model.train()
     progress = tqdm(range(cfg.steps), desc="pretraining the tiny backbone (captioning)")
     for _ in progress:
-        clips = captioning_examples(rng, cfg.batch_size, num_frames, height, width)
-        batch, labels = captioning_batch(model, clips)
+        examples = captioning_examples(rng, cfg.batch_size, num_frames, height, width)
+        batch, labels = captioning_batch(model, examples)
         text_loss = captioning_loss(model, batch, labels)
-        attribute_loss = heads.loss(*person_features(model, batch, clips))
+        attribute_loss = heads.loss(*person_features(model, batch, examples))
         loss = text_loss + attribute_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

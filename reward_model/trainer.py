@@ -154,8 +154,9 @@ def train_reward_model(cfg: RewardConfig) -> dict:
 
     unwrapped = accelerator.unwrap_model(model)
     final_dir = output_dir / "final"
+    state_dict = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards on every rank
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(final_dir)
+        unwrapped.save_pretrained(final_dir, state_dict=state_dict)
     accelerator.wait_for_everyone()
     metrics = {}
     if accelerator.is_main_process:

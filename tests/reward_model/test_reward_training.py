@@ -9,20 +9,12 @@ from reward_model.config_io import load_config
 from reward_model.model import RewardModel, build_reward_model
 from reward_model.synthetic.identities import vocabulary
 from reward_model.trainer import train_reward_model
-
-TINY = [
-    "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2", "model.tiny.kv_heads=1",
-    "model.tiny.intermediate=64", "model.tiny.vision_depth=1", "model.tiny.vision_hidden=32",
-    "model.tiny.vision_heads=2", "model.tiny.vision_intermediate=64",
-]
+from tests_support import TINY_REWARD_OVERRIDES
 
 
 def tiny_config(tmp_path, *overrides) -> RewardConfig:
     return load_config(RewardConfig, "configs/reward/synthetic.yaml", [
-        *TINY, f"output_dir={tmp_path / 'run'}", f"data.synthetic.out_dir={tmp_path / 'pairs'}",
-        "data.synthetic.num_train=8", "data.synthetic.num_val=4", "data.synthetic.num_test=6",
-        "pretrain.enabled=false", "model.lora_r=4", "model.lora_alpha=8", "train.batch_size=2",
-        "train.max_steps=2", "train.warmup_steps=0", "train.lr=1e-2", "train.log_every=1", "wandb.mode=disabled", *overrides,
+        *TINY_REWARD_OVERRIDES, f"output_dir={tmp_path / 'run'}", f"data.synthetic.out_dir={tmp_path / 'pairs'}", *overrides,
     ])
 
 

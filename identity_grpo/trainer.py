@@ -1,0 +1,350 @@
+"""Stage-2 training loop (plain accelerate): GRPO on a LoRA of a VACE / Phantom generator.
+
+    per iteration: sample groups with the SDE (log-probs recorded) -> decode -> score ->
+    group advantages (gathered over processes) -> clipped policy update + KL (update.py) -> EMA
+    every eval_every: ODE samples of held-out prompts with the EMA weights -> mean rewards
+    every save_every: accelerate state + EMA + step, and the exported LoRA
+
+    metrics = train_grpo(cfg, generator=None, reward_fns=None, evaluate_fn=None)
+
+Hooks for callers that bring their own parts: `generator` (any object with the Generator protocol
+whose trainable module is a diffusers model, on the accelerator's device), `reward_fns` ({name:
+fn} for the configured reward names; weights still come from the config), `evaluate_fn` (extra
+per-sample evaluation metrics, e.g. the synthetic world's independent identity measure).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, set_seed
+from tqdm.auto import tqdm
+
+from identity_grpo.advantages import gather_for_advantages
+from identity_grpo.config import GrpoConfig
+from identity_grpo.ema import ParameterEMA
+from identity_grpo.generator_factory import at_resolution, build_generator, without_guidance
+from identity_grpo.generators.base import Generator
+from identity_grpo.lora import LoraCheckpoint, attach_lora, export_lora
+from identity_grpo.prompts import GroupSampler, PromptRecord, SampleSlot, load_prompt_manifest, mix_seed, sampling_batches
+from identity_grpo.rewards import RewardFn, WeightedRewards
+from identity_grpo.rollout import Rollout
+from identity_grpo.sampling import sample_with_log_probs
+from identity_grpo.sde_window import WindowedNoiseSchedule, draw_window_start
+from identity_grpo.update import Policy, update_phase
+from reward_model.checkpointing import load_training_state, save_training_state
+from reward_model.config_io import save_config, to_dict
+from reward_model.hub import prepare_upload, push_folder
+from reward_model.tracking import RunLogger
+
+
+@dataclass
+class EvalBatch:
+    """One evaluation batch, as an `evaluate_fn` hook sees it (on the process that generated it)."""
+
+    videos: torch.Tensor  # [B, F, H, W, 3] float in [0, 1], generated with the EMA weights
+    records: list[PromptRecord]  # the B prompts, their references and extra manifest fields
+    reward: torch.Tensor  # [B] the weighted total of the configured rewards
+    rewards: dict[str, torch.Tensor]  # name -> [B], each configured reward
+    step: int  # GRPO iterations done
+
+
+# Per-sample metrics {name: [B]}; the trainer averages them over all held-out prompts.
+EvaluateFn = Callable[[EvalBatch], dict[str, torch.Tensor]]
+
+
+@dataclass
+class Run:
+    """What the phases share."""
+
+    cfg: GrpoConfig
+    accelerator: Accelerator
+    generator: Generator  # sampling view (guidance as configured)
+    eval_generator: Generator  # the same modules at the evaluation resolution
+    policy: Policy
+    rewards: WeightedRewards
+    sampler: GroupSampler
+    train_records: list[PromptRecord]
+    eval_records: list[PromptRecord]
+    evaluate_fn: EvaluateFn | None
+    logger: RunLogger
+
+
+def make_accelerator(cfg: GrpoConfig) -> Accelerator:
+    # Several CPU processes need gloo named explicitly; GPUs use NCCL, one process needs no group.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, kwargs_handlers=kwargs, cpu=not torch.cuda.is_available())
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+        raise ValueError(
+            "train_grpo: launch without DeepSpeed/FSDP (plain multi-GPU): the LoRA's gradients are averaged "
+            "by hand over processes, and its optimizer state is too small to be worth sharding"
+        )
+    return accelerator
+
+
+def build_policy(cfg: GrpoConfig, generator: Generator) -> Policy:
+    transformer = generator.trainable_module()
+    params = attach_lora(transformer, cfg.lora)
+    if cfg.train.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.eval()
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    ema = ParameterEMA(params, cfg.train.ema_decay, cfg.train.ema_warmup) if cfg.train.ema_decay > 0 else None
+    train_view = generator if cfg.train.cfg_in_training else without_guidance(generator)
+    return Policy(train_view, transformer, params, optimizer, ema)
+
+
+def train_grpo(
+    cfg: GrpoConfig,
+    generator: Generator | None = None,
+    reward_fns: dict[str, RewardFn] | None = None,
+    evaluate_fn: EvaluateFn | None = None,
+) -> dict:
+    """Train, evaluate before and after, save, publish; returns what metrics.json holds. A given
+    `generator` must already be on the accelerator's device (the trainer moves nothing)."""
+    run = setup(cfg, generator, reward_fns, evaluate_fn)
+    output_dir = Path(cfg.output_dir)
+    meta = (load_training_state(run.accelerator, output_dir) if cfg.resume else None) or {"step": 0}
+    if meta["step"]:
+        run.accelerator.print(f"resumed from {output_dir / 'state'} at step {meta['step']}")
+    if run.eval_records and "eval_before" not in meta:
+        meta["eval_before"] = evaluate(run, step=0)  # kept in the saved state: a resumed run still reports it
+    meta = train_loop(run, meta)
+    metrics = {"steps": meta["step"], "eval_before": meta.get("eval_before", {})}
+    if run.eval_records:
+        metrics["eval_after"] = evaluate(run, step=meta["step"])
+    finish(run, metrics)
+    run.logger.finish()
+    run.accelerator.end_training()
+    return metrics
+
+
+def setup(cfg: GrpoConfig, generator: Generator | None, reward_fns, evaluate_fn: EvaluateFn | None) -> Run:
+    """Accelerator, data, generator, rewards, LoRA policy; the LoRA and EMA registered for checkpoints."""
+    cfg.validate_inputs(generator_given=generator is not None, rewards_given=reward_fns is not None)
+    accelerator = make_accelerator(cfg)
+    cfg.validate_processes(accelerator.num_processes)
+    set_seed(cfg.train.seed)  # before the LoRA is attached: its initial values follow the seed
+    train_records = load_prompt_manifest(cfg.data.train_manifest, cfg.data.check_files)
+    eval_records = load_prompt_manifest(cfg.data.eval_manifest, cfg.data.check_files) if cfg.data.eval_manifest else []
+    if generator is None:
+        generator = build_generator(cfg.generator, accelerator.device)
+    rewards = WeightedRewards.from_config(cfg.rewards, accelerator.device, reward_fns)
+    policy = build_policy(cfg, generator)
+    policy.optimizer = accelerator.prepare(policy.optimizer)
+    accelerator.register_for_checkpointing(LoraCheckpoint(policy.transformer))
+    if policy.ema is not None:
+        accelerator.register_for_checkpointing(policy.ema)
+    s, t = cfg.sampling, cfg.train
+    return Run(
+        cfg=cfg,
+        accelerator=accelerator,
+        generator=generator,
+        eval_generator=at_resolution(generator, s.eval_height, s.eval_width, s.eval_num_frames),
+        policy=policy,
+        rewards=rewards,
+        sampler=GroupSampler(len(train_records), t.group_size, t.prompts_per_step,
+                             accelerator.num_processes, accelerator.process_index, t.seed),
+        train_records=train_records,
+        eval_records=eval_records,
+        evaluate_fn=evaluate_fn,
+        logger=RunLogger(cfg.output_dir, cfg.wandb.project, cfg.wandb.mode, to_dict(cfg), cfg.wandb.run_name,
+                         enabled=accelerator.is_main_process),
+    )
+
+
+def train_loop(run: Run, meta: dict) -> dict:
+    cfg, accelerator = run.cfg, run.accelerator
+    progress = tqdm(total=cfg.train.num_steps, initial=meta["step"], desc="GRPO",
+                    disable=not accelerator.is_local_main_process)
+    while meta["step"] < cfg.train.num_steps:
+        logged = train_iteration(run, meta["step"])
+        meta["step"] += 1
+        run.logger.log(logged, step=meta["step"])
+        progress.update(1)
+        progress.set_postfix(reward=f"{logged['reward/mean']:.3f}", kl=f"{logged.get('train/kl_loss', 0.0):.2e}")
+        t = cfg.train
+        if t.eval_every and meta["step"] % t.eval_every == 0 and meta["step"] < t.num_steps:
+            evaluate(run, meta["step"])
+        if (t.save_every and meta["step"] % t.save_every == 0) or meta["step"] == t.num_steps:
+            save_checkpoint(run, meta)
+    progress.close()
+    return meta
+
+
+def train_iteration(run: Run, step: int) -> dict[str, float]:
+    cfg, accelerator = run.cfg, run.accelerator
+    schedule = noise_schedule(run, step)
+    started = time.perf_counter()
+    rollouts, reward_values = sample_and_score(run, step, schedule)
+    sampled = time.perf_counter()
+    advantage_stats = assign_advantages(run, rollouts)
+    update_rng = torch.Generator().manual_seed(mix_seed(cfg.train.seed, step, accelerator.process_index, 7))
+    update_stats = update_phase(accelerator, run.policy, rollouts, schedule, cfg.train, update_rng)
+    logged = {f"train/{k}": v for k, v in update_stats.items()}
+    logged.update({f"adv/{k}": v for k, v in advantage_stats.items()})
+    logged.update(reward_statistics(accelerator, reward_values))
+    logged.update({"time/sample": sampled - started, "time/update": time.perf_counter() - sampled})
+    return logged
+
+
+def noise_schedule(run: Run, step: int):
+    """The training SDE, restricted to this iteration's window when one is configured (the window
+    is drawn from a seed shared by all processes, so every process trains the same steps)."""
+    t, s = run.cfg.train, run.cfg.sampling
+    if not t.sde_window_size:
+        return s.noise
+    rng = torch.Generator().manual_seed(mix_seed(t.seed, step, 5))
+    start = draw_window_start(s.train_steps, t.sde_window_size, t.sde_window_range, rng)
+    return WindowedNoiseSchedule(s.noise, run.generator.sigmas(s.train_steps), start, t.sde_window_size)
+
+
+def sample_and_score(run: Run, step: int, schedule) -> tuple[list[Rollout], dict[str, torch.Tensor]]:
+    """This process's share of the iteration's groups: one Rollout per reference count (samples of
+    one rollout can share micro-batches), with rewards; and the reward values for logging
+    ({"reward": total, "reward/<name>": each reward})."""
+    cfg, gen = run.cfg, run.generator
+    rng = torch.Generator().manual_seed(mix_seed(cfg.train.seed, step, run.accelerator.process_index, 6))
+    sigmas = gen.sigmas(cfg.sampling.train_steps)
+    counts = [len(r.references) for r in run.train_records]
+    by_count: dict[int, list[Rollout]] = {}
+    values: dict[str, list[torch.Tensor]] = {}
+    for batch in sampling_batches(run.sampler.slots(step), counts, cfg.train.sample_batch_size):
+        records = [run.train_records[slot.prompt_index] for slot in batch]
+        references = [r.load_references() for r in records]
+        prompts = [r.prompt for r in records]
+        with torch.no_grad():
+            conds = gen.encode_conditions(prompts, references)
+            with run.accelerator.autocast():  # as in the update's forwards, so the log-probs match
+                trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng)
+            videos = gen.decode(trajectory.final_latents)
+        total, per_reward = run.rewards(videos, references, prompts)
+        group_ids = torch.tensor([slot.group_id for slot in batch])
+        rollout = Rollout.from_trajectory(trajectory, conds, group_ids, references)
+        rollout.rewards = total
+        by_count.setdefault(len(references[0]), []).append(rollout)
+        for key, value in {"reward": total, **{f"reward/{n}": v for n, v in per_reward.items()}}.items():
+            values.setdefault(key, []).append(value)
+    rollouts = [Rollout.concatenate(parts) for _, parts in sorted(by_count.items())]
+    return rollouts, {name: torch.cat(parts) for name, parts in values.items()}
+
+
+def assign_advantages(run: Run, rollouts: list[Rollout]) -> dict[str, float]:
+    """Group-normalized advantages over all processes' rewards, written into the rollouts."""
+    device = run.accelerator.device
+    rewards = torch.cat([r.rewards for r in rollouts]).to(device)
+    group_ids = torch.cat([r.group_ids for r in rollouts]).to(device)
+    t = run.cfg.train
+    advantages, stats = gather_for_advantages(run.accelerator, rewards, group_ids, t.adv_scaling, t.adv_clip)
+    for rollout, part in zip(rollouts, advantages.split([r.batch_size for r in rollouts])):
+        rollout.advantages = part.to(rollout.latents.device)
+    return stats
+
+
+def reward_statistics(accelerator, values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean and std over all processes' samples of the weighted total (key "reward") and of every
+    reward (keys "reward/<name>")."""
+    logged = {}
+    for key, value in values.items():
+        every = accelerator.gather(value.to(accelerator.device)).float()
+        logged[f"{key}/mean"] = float(every.mean())
+        logged[f"{key}/std"] = float(every.std(unbiased=False))
+    return logged
+
+
+@torch.no_grad()
+def evaluate(run: Run, step: int) -> dict[str, float]:
+    """Deterministic samples of every held-out prompt with the EMA weights; the mean of every
+    metric over all prompts: eval/reward (the weighted total), eval/reward/<name>, eval/<hook metric>."""
+    accelerator = run.accelerator
+    indices = range(accelerator.process_index, len(run.eval_records), accelerator.num_processes)
+    counts = [len(r.references) for r in run.eval_records]
+    results: list[tuple[int, dict[str, float]]] = []
+    with ema_weights(run.policy):
+        for batch in sampling_batches([SampleSlot(i, i) for i in indices], counts, run.cfg.sampling.eval_batch_size):
+            results += evaluate_batch(run, [slot.prompt_index for slot in batch], step)
+    every = dict(gather_object(results))  # keyed by prompt index: one entry per held-out prompt
+    names = sorted({name for values in every.values() for name in values})
+    averaged = {f"eval/{name}": sum(v[name] for v in every.values()) / len(every) for name in names}
+    run.logger.log(averaged, step=step)
+    return averaged
+
+
+def evaluate_batch(run: Run, indices: list[int], step: int) -> list[tuple[int, dict[str, float]]]:
+    """Per prompt of the batch, its metrics. Each prompt's initial noise is fixed by its index, so
+    every evaluation (and any batching) compares like with like."""
+    cfg, gen = run.cfg, run.eval_generator
+    records = [run.eval_records[i] for i in indices]
+    references = [r.load_references() for r in records]
+    prompts = [r.prompt for r in records]
+    conds = gen.encode_conditions(prompts, references)
+    noise = torch.cat([
+        gen.initial_noise(conds.select([j]), torch.Generator().manual_seed(mix_seed(cfg.train.seed, i, 3)))
+        for j, i in enumerate(indices)
+    ])
+    rng = torch.Generator().manual_seed(mix_seed(cfg.train.seed, indices[0], 4))  # used only by a stochastic eval_noise
+    with run.accelerator.autocast():
+        trajectory = sample_with_log_probs(gen, conds, gen.sigmas(cfg.sampling.eval_steps), cfg.sampling.eval_noise, rng,
+                                           initial_noise=noise)
+    videos = gen.decode(trajectory.final_latents)
+    total, per_reward = run.rewards(videos, references, prompts)
+    metrics = {"reward": total, **{f"reward/{name}": value for name, value in per_reward.items()}}
+    if run.evaluate_fn is not None:
+        for name, value in run.evaluate_fn(EvalBatch(videos, records, total, per_reward, step)).items():
+            value = torch.as_tensor(value).detach().float().cpu().reshape(-1)
+            if value.shape != (len(indices),):
+                raise ValueError(f"evaluate_fn: metric {name!r} has {value.numel()} values for {len(indices)} samples")
+            metrics[name] = value
+    return [(i, {name: float(value[j]) for name, value in metrics.items()}) for j, i in enumerate(indices)]
+
+
+def ema_weights(policy: Policy):
+    """A context in which the LoRA holds its EMA (the raw weights when there is no EMA)."""
+    return policy.ema.swapped_in() if policy.ema is not None else nullcontext()
+
+
+def save_checkpoint(run: Run, meta: dict) -> None:
+    """Resumable state (optimizer, LoRA, EMA, RNG, step) and the LoRA a pipeline can load (EMA weights)."""
+    output_dir = Path(run.cfg.output_dir)
+    save_training_state(run.accelerator, output_dir, meta)
+    if run.accelerator.is_main_process:
+        with ema_weights(run.policy):
+            export_lora(run.policy.transformer, output_dir / "lora")
+    run.accelerator.wait_for_everyone()
+
+
+def finish(run: Run, metrics: dict) -> None:
+    """output_dir/final: the LoRA (EMA weights), the config, metrics; metrics.json; Hub upload."""
+    cfg, accelerator = run.cfg, run.accelerator
+    output_dir = Path(cfg.output_dir)
+    if accelerator.is_main_process:
+        final_dir = output_dir / "final"
+        with ema_weights(run.policy):
+            export_lora(run.policy.transformer, final_dir)
+        save_config(cfg, final_dir / "grpo_config.yaml")
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if cfg.hub.push:
+            publish(cfg, final_dir, metrics)
+    accelerator.wait_for_everyone()
+
+
+def publish(cfg: GrpoConfig, final_dir: Path, metrics: dict) -> None:
+    flat = {"steps": metrics["steps"]}
+    for phase in ("eval_before", "eval_after"):
+        flat.update({f"{phase}/{k.removeprefix('eval/')}": v for k, v in metrics.get(phase, {}).items()})
+    summary = (
+        f"A LoRA for `{cfg.generator.pretrained}` ({cfg.generator.kind}) trained with GRPO to keep every "
+        "person's identity in multi-person videos (identity-grpo). Load it with the diffusers Wan pipeline's "
+        "`load_lora_weights`."
+    )
+    prepare_upload(final_dir, "Identity-GRPO LoRA", summary, flat, to_dict(cfg), ["lora", "video", "grpo", "wan"])
+    url = push_folder(final_dir, cfg.hub.repo_id, private=cfg.hub.private, commit_message="identity-grpo LoRA")
+    print(f"pushed {final_dir} to {url}")

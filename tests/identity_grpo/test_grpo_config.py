@@ -1,0 +1,132 @@
+"""The stage-2 config: the published recipe in the YAMLs, and validation errors that name the field."""
+import json
+from pathlib import Path
+
+import pytest
+
+from identity_grpo.config import GrpoConfig, is_hub_id
+from reward_model.config_io import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    """The files a real config points at: manifests, a reward model folder, a Phantom checkpoint."""
+    (tmp_path / "train.jsonl").write_text(json.dumps({"prompt": "two people", "references": []}) + "\n")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"prompt": "a person", "references": []}) + "\n")
+    (tmp_path / "reward").mkdir()
+    (tmp_path / "phantom.pth").write_bytes(b"")
+    return tmp_path
+
+
+def real_overrides(inputs: Path) -> list[str]:
+    return [
+        f"data.train_manifest={inputs / 'train.jsonl'}", f"data.eval_manifest={inputs / 'eval.jsonl'}",
+        f"rewards=[{{name: reward_model, weight: 1.0, path: {inputs / 'reward'}}}]",
+    ]
+
+
+def tiny(inputs: Path, *overrides: str, validate: bool = True) -> GrpoConfig:
+    cfg = load_config(GrpoConfig, None, [
+        "generator.pretrained=tiny", *real_overrides(inputs), "train.prompts_per_step=2", "train.group_size=4",
+        "train.sample_batch_size=2", *overrides,
+    ])
+    if validate:
+        cfg.validate_inputs()
+    return cfg
+
+
+def test_yamls_load_anywhere_and_ask_for_their_inputs_before_training(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # none of the files the YAMLs name exist here
+    vace = load_config(GrpoConfig, ROOT / "configs/grpo/vace_1.3b.yaml")
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.path: folder not found: runs/reward_qwen2_5_vl_3b/final"):
+        vace.validate_inputs()
+    phantom = load_config(GrpoConfig, ROOT / "configs/grpo/phantom_1.3b.yaml")
+    with pytest.raises(ConfigError, match=r"generator\.phantom_checkpoint: file not found: checkpoints/Phantom-Wan-1\.3B\.pth"):
+        phantom.validate_inputs()
+
+
+def test_vace_yaml_holds_the_published_recipe(inputs):
+    cfg = load_config(GrpoConfig, ROOT / "configs/grpo/vace_1.3b.yaml", real_overrides(inputs))
+    cfg.validate_inputs()
+    g, s, t = cfg.generator, cfg.sampling, cfg.train
+    assert (g.kind, g.pretrained) == ("vace", "Wan-AI/Wan2.1-VACE-1.3B-diffusers")
+    assert (g.vace.width, g.vace.height, g.vace.num_frames, g.vace.guidance_scale) == (416, 240, 33, 4.5)
+    assert (s.eval_width, s.eval_height, s.eval_num_frames) == (832, 480, 81)
+    assert (s.train_steps, s.eval_steps, s.noise.kind, s.eval_noise.kind) == (25, 50, "flow_grpo", "ode")
+    assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.target_modules) == (32, 32.0, ["to_q", "to_k", "to_v", "to_out.0"])
+    assert (t.group_size, t.prompts_per_step, t.lr, t.weight_decay, t.max_grad_norm) == (8, 16, 1e-4, 1e-4, 1.0)
+    assert (t.clip_range, t.adv_clip, t.adv_scaling, t.beta, t.ema_decay, t.cfg_in_training) == (1e-3, 5.0, "group", 0.004, 0.9, True)
+
+
+def test_phantom_yaml_loads_with_its_checkpoint(inputs):
+    cfg = load_config(GrpoConfig, ROOT / "configs/grpo/phantom_1.3b.yaml",
+                      [*real_overrides(inputs), f"generator.phantom_checkpoint={inputs / 'phantom.pth'}"])
+    cfg.validate_inputs()
+    assert (cfg.generator.kind, cfg.generator.pretrained) == ("phantom", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
+    assert cfg.generator.options is cfg.generator.phantom and cfg.generator.phantom.num_frames == 33
+    assert (cfg.train.group_size, cfg.train.prompts_per_step, cfg.lora.r) == (8, 16, 32)
+
+
+def test_group_batch_that_does_not_split_names_the_fields(inputs):
+    with pytest.raises(ConfigError, match=r"train\.prompts_per_step \* train\.group_size \(= 9\).*train\.sample_batch_size \* num_processes \(= 2 \* 1\)"):
+        tiny(inputs, "train.prompts_per_step=3", "train.group_size=3")
+    cfg = tiny(inputs)  # 2 x 4 = 8 samples: 2 per sampling batch on 1, 2 or 4 processes, not on 3
+    for processes in (1, 2, 4):
+        cfg.validate_processes(processes)
+    with pytest.raises(ConfigError, match=r"\(= 8\).*\(= 2 \* 3\)"):
+        cfg.validate_processes(3)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rewards=[{name: reward_model, weight: 0.0, path: PATH}]", r"rewards\[0\]\.weight must be > 0"),
+    ("rewards=[{name: reward_model, weight: 1.0}]", r"rewards\[0\]\.path: required"),
+    ("rewards=[{name: reward_model, path: /nonexistent/rm}]", r"rewards\[0\]\.path: folder not found: /nonexistent/rm"),
+    ("rewards=[{name: a}, {name: a}]", r"rewards\[1\]\.name: 'a' appears twice"),
+    ("rewards=[]", r"rewards: at least one"),
+    ("data.train_manifest=/nonexistent/train.jsonl", r"data\.train_manifest: file not found"),
+    ("data.eval_manifest=''", r"train\.eval_every is set but data\.eval_manifest is empty"),
+    ("generator.pretrained=/nonexistent/wan", r"generator\.pretrained: folder not found"),
+    ("generator.pretrained=''", r"generator\.pretrained: required"),
+    ("data.train_manifest=''", r"data\.train_manifest: required"),
+    ("generator.phantom_checkpoint=PATH/phantom.pth", r"generator\.phantom_checkpoint: only for generator\.kind = phantom"),
+    ("sampling.noise.kind=ode", r"sampling\.noise\.kind: 'ode' has no log-probabilities"),
+    ("sampling.noise.eta=-1", r"sampling\.noise: .*must be >= 0"),
+    ("generator.vace.height=0", r"generator\.vace: .*must be positive"),
+    ("train.group_size=1", r"train\.group_size must be >= 2"),
+    ("train.ema_decay=1.0", r"train\.ema_decay must be in \[0, 1\)"),
+    ("train.timestep_fraction=0", r"train\.timestep_fraction"),
+    ("train.sde_window_size=30", r"train\.sde_window_size must be in \[0, sampling\.train_steps = 25\]"),
+    ("train.sde_window_range=[0, 5]", r"train\.sde_window_range is set but train\.sde_window_size is 0"),
+    ("lora.dropout=1.0", r"lora\.dropout"),
+    ("hub.push=true", r"hub\.repo_id is empty"),
+])
+def test_bad_values_name_their_field(inputs, override, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(inputs, "train.eval_every=5", override.replace("PATH", str(inputs)))
+
+
+def test_window_range_must_fit_the_steps(inputs):
+    cfg = tiny(inputs, "train.sde_window_size=5", "train.sde_window_range=[0, 20]")
+    assert cfg.train.sde_window_range == [0, 20]
+    with pytest.raises(ConfigError, match=r"0 <= lo <= hi <= 20 .*got \[3, 21\]"):
+        tiny(inputs, "train.sde_window_size=5", "train.sde_window_range=[3, 21]")
+
+
+def test_hub_ids_are_not_checked_as_paths(tmp_path):
+    assert is_hub_id("Wan-AI/Wan2.1-VACE-1.3B-diffusers")
+    assert not is_hub_id("/abs/path") and not is_hub_id("a/b/c")
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner" / "name").mkdir()
+    assert not is_hub_id(str(tmp_path / "owner" / "name"))
+
+
+def test_parts_handed_to_the_trainer_need_no_config_paths(inputs):
+    cfg = tiny(inputs, "generator.pretrained=''", "rewards=[{name: reward_model}]", validate=False)
+    cfg.validate_inputs(generator_given=True, rewards_given=True)
+    with pytest.raises(ConfigError, match=r"generator\.pretrained: required"):
+        cfg.validate_inputs(rewards_given=True)
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.path: required"):
+        cfg.validate_inputs(generator_given=True)
+

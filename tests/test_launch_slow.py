@@ -1,0 +1,40 @@
+"""The entry script under real launchers: 2 CPU processes (gloo) and DeepSpeed ZeRO-2.
+
+Slow (process start-up, DeepSpeed compiles a small op on first use): run with `pytest -m slow`.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests_support import TINY_REWARD_OVERRIDES
+
+ROOT = Path(__file__).resolve().parents[1]
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+
+def run(args: list[str], tmp_path: Path) -> dict:
+    overrides = [*TINY_REWARD_OVERRIDES, f"output_dir={tmp_path / 'run'}", f"data.synthetic.out_dir={tmp_path / 'pairs'}"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    subprocess.run([ACCELERATE, "launch", *args, "train_reward.py", "--config", "configs/reward/synthetic.yaml", *overrides],
+                   cwd=ROOT, env=env, check=True, timeout=900)
+    return json.loads((tmp_path / "run" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_two_cpu_processes(tmp_path):
+    metrics = run(["--multi_gpu", "--num_processes", "2"], tmp_path)
+    assert metrics["num_test_pairs"] == 6
+    state = json.loads((tmp_path / "run" / "state" / "trainer_state.json").read_text())
+    assert state["step"] == 2
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_single_process(tmp_path):
+    metrics = run(["--use_deepspeed", "--deepspeed_config_file", "launch/deepspeed/zero2.json",
+                   "--num_processes", "1"], tmp_path)
+    assert metrics["num_test_pairs"] == 6
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
