@@ -11,7 +11,7 @@
    + sigma eps, loss = |predict_velocity(x_sigma, sigma, conds) - (eps - x0)|^2, with guidance
    off. Conditions are dropped per sample (the prompt replaced by the negative prompt; for
    Phantom also the references zeroed) so that classifier-free guidance works at sampling.
-   sigma ~ logit-normal. The clips' latents are encoded once into a pool.
+   sigma ~ Wan's shifted uniform. The clips' latents are encoded once into a pool.
 
 A cached generator is a diffusers-layout folder (transformer/, vae/, text_encoder/,
 tokenizer/) that VaceGenerator.from_pretrained / PhantomGenerator.from_pretrained load as it is,
@@ -38,7 +38,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.phantom import PhantomGenerator, PhantomOptions
 from identity_grpo.generators.vace import VaceGenerator, VaceOptions
-from identity_grpo.generators.wan_common import fit_on_canvas, image_to_tensor, vae_encode
+from identity_grpo.generators.wan_common import fit_on_canvas, image_to_tensor, shift_sigmas, vae_encode
 from identity_grpo.synthetic.toy_generators import (
     ToyModelConfig,
     toy_phantom_options,
@@ -84,6 +84,10 @@ class ToyPretrainConfig:
     grad_clip: float = 1.0
     clip_pool_size: int = 1024  # clips rendered and VAE-encoded once, then drawn from
     condition_dropout: float = 0.1  # per condition (prompt; Phantom also references), per sample
+    # sigma ~ shift(u), u ~ U(0, 1), as Wan trains: with the sampling shift, training visits noise
+    # levels as often as sampling does. "logit_normal" (SD3: sigmoid(N(mean, std))) is the alternative.
+    sigma_sampling: str = "shifted_uniform"
+    sigma_shift: float = 3.0
     sigma_logit_mean: float = 0.0
     sigma_logit_std: float = 1.0
 
@@ -94,6 +98,10 @@ class ToyPretrainConfig:
         if self.vae_crop % model.scale_factors[1] or not 0 < self.vae_crop <= min(model.height, model.width):
             raise ValueError(f"{name}.vae_crop: must be a multiple of {model.scale_factors[1]} within the frame, "
                              f"got {self.vae_crop}")
+        if self.sigma_sampling not in ("shifted_uniform", "logit_normal"):
+            raise ValueError(f"{name}.sigma_sampling: expected shifted_uniform or logit_normal, got {self.sigma_sampling!r}")
+        if self.sigma_shift <= 0:
+            raise ValueError(f"{name}.sigma_shift: must be > 0, got {self.sigma_shift}")
         if not 0.0 <= self.condition_dropout < 1.0:
             raise ValueError(f"{name}.condition_dropout: must be in [0, 1), got {self.condition_dropout}")
         for field_name in ("vae_steps", "vae_batch_size", "vae_reference_every", "latent_stat_clips",
@@ -113,10 +121,13 @@ def cosine_lr(step: int, total: int, peak: float, warmup: int) -> float:
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def logit_normal_sigmas(batch: int, mean: float, std: float, generator: torch.Generator) -> torch.Tensor:
-    """sigma = sigmoid(mean + std * n), n ~ N(0, 1): [batch] float32 in (0, 1), dense mid-way
-    where the velocity is hardest to predict (SD3's choice)."""
-    return torch.sigmoid(mean + std * torch.randn(batch, generator=generator))
+def training_sigmas(batch: int, train: "ToyPretrainConfig", generator: torch.Generator) -> torch.Tensor:
+    """[batch] float32 noise levels in (0, 1): shift * u / (1 + (shift - 1) * u) with u uniform
+    (Wan's training), or sigmoid(mean + std * n) with n standard normal (SD3's logit-normal)."""
+    if train.sigma_sampling == "logit_normal":
+        return torch.sigmoid(train.sigma_logit_mean + train.sigma_logit_std * torch.randn(batch, generator=generator))
+    u = torch.rand(batch, generator=generator).clamp_min(1e-4)  # sigma = 0 carries no training signal
+    return shift_sigmas(u, train.sigma_shift)
 
 
 def noised(x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -274,7 +285,7 @@ def pretrain_transformer(kind: Kind, model: ToyModelConfig, train: ToyPretrainCo
             num_refs = len(pool.references[index[0]])
             x0 = torch.cat([conds.tensors["control_latents"][:, : model.z_dim, :num_refs].float(), x0], dim=2)
         eps = torch.randn(x0.shape, generator=torch_rng).to(device)
-        sigma = logit_normal_sigmas(train.batch_size, train.sigma_logit_mean, train.sigma_logit_std, torch_rng).to(device)
+        sigma = training_sigmas(train.batch_size, train, torch_rng).to(device)
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, train.transformer_steps, train.lr, train.warmup_steps)
         loss = flow_matching_loss(generator.predict_velocity(noised(x0, eps, sigma), sigma, conds), x0, eps)
