@@ -11,7 +11,7 @@
    + sigma eps, loss = |predict_velocity(x_sigma, sigma, conds) - (eps - x0)|^2, with guidance
    off. Conditions are dropped per sample (the prompt replaced by the negative prompt; for
    Phantom also the references zeroed) so that classifier-free guidance works at sampling.
-   sigma ~ Wan's shifted uniform. The clips' latents are encoded once into a pool.
+   sigma ~ Wan's shifted uniform. Clips and conditions are encoded once into a pool.
 
 A cached generator is a diffusers-layout folder (transformer/, vae/, text_encoder/,
 tokenizer/) that VaceGenerator.from_pretrained / PhantomGenerator.from_pretrained load as it is,
@@ -174,7 +174,7 @@ def pretrain_vae(model: ToyModelConfig, train: ToyPretrainConfig, device: torch.
     vae = toy_vae(model, seed=train.seed).to(device).train()
     optimizer = torch.optim.AdamW(vae.parameters(), lr=train.vae_lr, betas=(0.9, 0.99), weight_decay=0.0)
     losses = []
-    bar = tqdm(range(train.vae_steps), desc="toy VAE", disable=not progress, leave=False)
+    bar = tqdm(range(train.vae_steps), desc="toy VAE", disable=not progress)
     for step in bar:
         if step % train.vae_reference_every == train.vae_reference_every - 1:
             video = reference_canvases(rng, train.vae_batch_size, model)
@@ -242,22 +242,30 @@ def drop_conditions(kind: Kind, conds: Conditions, drop_text: torch.Tensor, drop
 
 
 @dataclass
-class ClipPool:
-    """World clips encoded once; batches are drawn within one people count (one reference count)."""
+class ClipGroup:
+    """World clips with one people count, encoded once: latents and the adapter's conditions.
+    Batches are drawn within a group because a batch needs one reference count."""
 
     latents: torch.Tensor  # [N, z, T', h, w] float32, normalized video latents
-    prompts: list[str]  # N
-    references: list[list[np.ndarray]]  # N lists of uint8 [s, s, 3]
-    people: np.ndarray  # [N] int, people per clip
+    conditions: Conditions  # N samples: prompts and references encoded by the adapter
 
 
 @torch.no_grad()
-def build_clip_pool(vae, model: ToyModelConfig, train: ToyPretrainConfig, chunk: int = 32) -> ClipPool:
+def build_clip_groups(generator, model: ToyModelConfig, train: ToyPretrainConfig, chunk: int = 32) -> list[ClipGroup]:
     rng = np.random.default_rng([train.seed, 2])
     clips = render_clips(rng, train.clip_pool_size, model, train.num_people)
-    latents = torch.cat([vae_encode(vae, clips_to_video(clips[i : i + chunk])).cpu() for i in range(0, len(clips), chunk)])
-    references = [[render_reference(p, model.reference_size) for p in c.identities] for c in clips]
-    return ClipPool(latents, [c.prompt for c in clips], references, np.array([len(c.identities) for c in clips]))
+    groups = []
+    for count in sorted({len(c.identities) for c in clips}):
+        members = [c for c in clips if len(c.identities) == count]
+        parts = [members[i : i + chunk] for i in range(0, len(members), chunk)]
+        latents = torch.cat([vae_encode(generator.vae, clips_to_video(part)) for part in parts])
+        encoded = [generator.encode_conditions([c.prompt for c in part],
+                                               [[render_reference(p, model.reference_size) for p in c.identities] for c in part])
+                   for part in parts]
+        conditions = Conditions({k: torch.cat([e.tensors[k] for e in encoded]) for k in encoded[0].tensors},
+                                [prompt for e in encoded for prompt in e.prompts])
+        groups.append(ClipGroup(latents, conditions))
+    return groups
 
 
 def pretrain_transformer(kind: Kind, model: ToyModelConfig, train: ToyPretrainConfig, vae, text_encoder, tokenizer,
@@ -266,28 +274,27 @@ def pretrain_transformer(kind: Kind, model: ToyModelConfig, train: ToyPretrainCo
     build = toy_vace_transformer if kind == "vace" else toy_phantom_transformer
     transformer = build(model, seed=train.seed + 2).to(device).train()
     generator = training_generator(kind, model, vae, text_encoder, tokenizer, transformer)
-    pool = build_clip_pool(vae, model, train)
-    counts = sorted(set(pool.people.tolist()))
+    groups = build_clip_groups(generator, model, train)
     rng = np.random.default_rng([train.seed, 3])
     torch_rng = torch.Generator().manual_seed(train.seed + 3)
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=train.lr, betas=(0.9, 0.99),
                                   weight_decay=train.weight_decay)
     losses = []
-    bar = tqdm(range(train.transformer_steps), desc=f"toy {kind} transformer", disable=not progress, leave=False)
+    bar = tqdm(range(train.transformer_steps), desc=f"toy {kind} transformer", disable=not progress)
     for step in bar:
-        candidates = np.flatnonzero(pool.people == counts[int(rng.integers(len(counts)))])
-        index = rng.choice(candidates, size=train.batch_size, replace=len(candidates) < train.batch_size).tolist()
-        conds = generator.encode_conditions([pool.prompts[i] for i in index], [pool.references[i] for i in index])
+        group = groups[int(rng.integers(len(groups)))]
+        size = group.latents.shape[0]
+        rows = rng.choice(size, size=train.batch_size, replace=size < train.batch_size).tolist()
         drops = torch.rand(2, train.batch_size, generator=torch_rng) < train.condition_dropout
-        conds = drop_conditions(kind, conds, drops[0], drops[1])
-        x0 = pool.latents[index].to(device)
+        conds = drop_conditions(kind, group.conditions.select(rows), drops[0], drops[1])
+        x0 = group.latents[rows].to(device)
         if kind == "vace":  # VACE also denoises the reference frames in front: their clean value is the reference latent
-            num_refs = len(pool.references[index[0]])
+            num_refs = conds.tensors["control_latents"].shape[2] - x0.shape[2]
             x0 = torch.cat([conds.tensors["control_latents"][:, : model.z_dim, :num_refs].float(), x0], dim=2)
         eps = torch.randn(x0.shape, generator=torch_rng).to(device)
         sigma = training_sigmas(train.batch_size, train, torch_rng).to(device)
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, train.transformer_steps, train.lr, train.warmup_steps)
+        for param_group in optimizer.param_groups:
+            param_group["lr"] = cosine_lr(step, train.transformer_steps, train.lr, train.warmup_steps)
         loss = flow_matching_loss(generator.predict_velocity(noised(x0, eps, sigma), sigma, conds), x0, eps)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -344,22 +351,28 @@ def _load_or_pretrain_vae(folder: Path, model: ToyModelConfig, train: ToyPretrai
     return vae, text_encoder, AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
 
 
+def cache_folders(kind: Kind, cache_dir: str | Path, model: ToyModelConfig, train: ToyPretrainConfig) -> tuple[Path, Path]:
+    """(generator folder, VAE folder) for these settings; the VAE's ignores transformer settings,
+    so VACE, Phantom and transformer variants share one pretrained VAE."""
+    if kind not in KINDS:
+        raise ValueError(f"pretrain_generator: kind must be one of {KINDS}, got {kind!r}")
+    root = Path(cache_dir)
+    return (root / f"{kind}-{settings_hash(_generator_settings(kind, model, train))}",
+            root / f"vae-{settings_hash(_vae_settings(model, train))}")
+
+
 def toy_generator_path(kind: Kind, cache_dir: str | Path = "data/cache/toy_generators",
                        model_config: ToyModelConfig | None = None, pretrain_config: ToyPretrainConfig | None = None,
                        device: torch.device | str = "cpu", progress: bool = True) -> Path:
     """The cached generator folder for these settings, pretraining it first if it is not there."""
-    if kind not in KINDS:
-        raise ValueError(f"pretrain_generator: kind must be one of {KINDS}, got {kind!r}")
     model = model_config or ToyModelConfig()
     train = pretrain_config or ToyPretrainConfig()
     model.validate()
     train.validate(model)
-    root = Path(cache_dir)
-    folder = root / f"{kind}-{settings_hash(_generator_settings(kind, model, train))}"
+    folder, vae_folder = cache_folders(kind, cache_dir, model, train)
     if (folder / COMPLETE_MARKER).exists():
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    vae_folder = root / f"vae-{settings_hash(_vae_settings(model, train))}"
+    folder.parent.mkdir(parents=True, exist_ok=True)
     vae, text_encoder, tokenizer = _load_or_pretrain_vae(vae_folder, model, train, device, progress)
     start = time.perf_counter()
     transformer, losses = pretrain_transformer(kind, model, train, vae, text_encoder, tokenizer, device, progress)

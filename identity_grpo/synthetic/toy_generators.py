@@ -41,7 +41,7 @@ class ToyModelConfig:
     vae_temporal_downsample: list[bool] = field(default_factory=lambda: [True, True])
     text_dim: int = 32
     text_layers: int = 1
-    max_sequence_length: int = 80  # the longest world prompt (three people) is 75 words and marks
+    max_sequence_length: int = 80  # the longest world prompt (three people) is 74 words and marks
     num_heads: int = 4
     head_dim: int = 24  # Wan's rotary embedding splits it into t/h/w parts
     num_layers: int = 4
@@ -76,8 +76,8 @@ def toy_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def toy_text_encoder(config: ToyModelConfig, seed: int) -> UMT5EncoderModel:
-    """Randomly initialized and frozen, like the stand-in for Wan's UMT5 it is: distinct words
-    still give distinct, position-aware embeddings that the transformer learns to read."""
+    """Randomly initialized and never trained (Wan keeps its UMT5 frozen too): distinct words
+    still give distinct, position-aware embeddings, which the transformer learns to read."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UMT5EncoderModel(UMT5Config(
