@@ -22,6 +22,8 @@ from reward_model.config import HubConfig, WandbConfig
 from reward_model.config_io import ConfigError
 
 TINY = "tiny"  # generator.pretrained value that builds random tiny components (tests, no download)
+TOY = "toy"  # generator.pretrained value: the toy generator pretrained on the synthetic world (cached)
+BUILT_IN = (TINY, TOY)  # generator.pretrained values that are not paths or hub ids
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -32,7 +34,8 @@ def _ode() -> NoiseSchedule:
 @dataclass
 class GeneratorConfig:
     kind: Literal["vace", "phantom"] = "vace"
-    # A diffusers-layout folder or hub id ("Wan-AI/Wan2.1-VACE-1.3B-diffusers"), or "tiny".
+    # A diffusers-layout folder or hub id ("Wan-AI/Wan2.1-VACE-1.3B-diffusers"); "tiny" (random test
+    # components) or "toy" (pretrained on the synthetic world on first use, cached in data/cache).
     pretrained: str = ""
     # phantom only: an original Phantom-Wan checkpoint (.pth / .safetensors) that replaces the
     # T2V transformer's weights; empty: the folder's transformer/ is used as it is.
@@ -40,6 +43,7 @@ class GeneratorConfig:
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     seed: int = 0  # weight seed of the tiny components
+    toy_cache_dir: str = "data/cache/toy_generators"  # "toy": where the pretrained toy generators are kept
     vace: VaceOptions = field(default_factory=VaceOptions)
     phantom: PhantomOptions = field(default_factory=PhantomOptions)
 
@@ -60,6 +64,7 @@ class SamplingConfig:
     eval_width: int = 0
     eval_num_frames: int = 0
     eval_batch_size: int = 1  # per process
+    grid_prompts: int = 4  # held-out prompts shown in the sample grids (output_dir/samples)
 
 
 @dataclass
@@ -82,10 +87,25 @@ class RewardSpec:
 
 
 @dataclass
+class WorldPrompts:
+    """The synthetic world's prompts, written on first use (identity_grpo/synthetic/world_data.py).
+    Enabled, they stand in for data.train_manifest / data.eval_manifest, and evaluation adds the
+    world's independent identity measure (eval/identity, eval/identity_worst)."""
+
+    enabled: bool = False
+    folder: str = "data/synthetic/grpo"
+    num_train: int = 256  # prompts of training identities
+    num_heldout: int = 32  # prompts of held-out identities, for evaluation
+    num_people: list[int] = field(default_factory=lambda: [2, 3])
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     train_manifest: str = ""  # prompts + references: .jsonl, or the original release's .csv
     eval_manifest: str = ""  # held-out prompts for evaluation; empty: no evaluation
     check_files: bool = True  # stat every reference image before training starts
+    world: WorldPrompts = field(default_factory=WorldPrompts)
 
 
 @dataclass
@@ -144,18 +164,19 @@ class GrpoConfig:
         _validate_lora(self.lora)
         _validate_rewards(self.rewards)
         _validate_train(self.train, self.sampling)
+        _validate_world(self.data)
         self.validate_processes(1)
         if self.hub.push and not self.hub.repo_id:
             raise ConfigError("hub.push is set but hub.repo_id is empty")
 
     def validate_inputs(self, generator_given: bool = False, rewards_given: bool = False) -> None:
-        """Required inputs are given and every local path exists (hub ids and "tiny" are not paths).
+        """Required inputs are given and every local path exists (hub ids, "tiny" and "toy" are not paths).
         A generator or reward functions handed to the trainer need none of their config paths."""
         g, d = self.generator, self.data
         if not generator_given:
             if not g.pretrained:
-                raise ConfigError("generator.pretrained: required (a diffusers folder, a hub id, or 'tiny')")
-            if g.pretrained != TINY and not is_hub_id(g.pretrained):
+                raise ConfigError("generator.pretrained: required (a diffusers folder, a hub id, 'tiny' or 'toy')")
+            if g.pretrained not in BUILT_IN and not is_hub_id(g.pretrained):
                 _require_local(g.pretrained, "generator.pretrained", "folder")
             if g.phantom_checkpoint:
                 _require_local(g.phantom_checkpoint, "generator.phantom_checkpoint", "file")
@@ -164,6 +185,8 @@ class GrpoConfig:
                 raise ConfigError(f"rewards[{i}].path: required for reward_model (a trained reward model folder)")
             if spec.path:
                 _require_local(spec.path, f"rewards[{i}].path", "folder" if spec.name == "reward_model" else "path")
+        if d.world.enabled:
+            return  # the world's manifests are written when training starts
         if not d.train_manifest:
             raise ConfigError("data.train_manifest: required (a prompt manifest, .jsonl or .csv)")
         _require_local(d.train_manifest, "data.train_manifest", "file")
@@ -220,8 +243,8 @@ def _validate_sampling(s: SamplingConfig) -> None:
     _options_error("sampling.eval_noise", s.eval_noise)
     if s.noise.kind == "ode":
         raise ConfigError("sampling.noise.kind: 'ode' has no log-probabilities to train on; use flow_grpo or linear")
-    if min(s.eval_height, s.eval_width, s.eval_num_frames) < 0 or s.eval_batch_size < 1:
-        raise ConfigError("sampling.eval_height/eval_width/eval_num_frames must be >= 0, eval_batch_size >= 1")
+    if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
+        raise ConfigError("sampling.eval_height/eval_width/eval_num_frames/grid_prompts must be >= 0, eval_batch_size >= 1")
 
 
 def _validate_lora(lora: LoraSettings) -> None:
@@ -245,6 +268,19 @@ def _validate_rewards(rewards: list[RewardSpec]) -> None:
         seen.add(spec.name)
         if not spec.weight > 0:
             raise ConfigError(f"rewards[{i}].weight must be > 0, got {spec.weight}")
+
+
+def _validate_world(d: DataConfig) -> None:
+    w = d.world
+    if not w.enabled:
+        return
+    if d.train_manifest or d.eval_manifest:
+        raise ConfigError("data.world.enabled: the world writes its own manifests; leave data.train_manifest "
+                          "and data.eval_manifest empty (or disable data.world)")
+    if w.num_train < 1 or w.num_heldout < 0:
+        raise ConfigError(f"data.world: num_train must be >= 1 and num_heldout >= 0, got {w.num_train}, {w.num_heldout}")
+    if not w.num_people or any(not 1 <= n <= 4 for n in w.num_people):
+        raise ConfigError(f"data.world.num_people: values in [1, 4], got {w.num_people}")
 
 
 def _validate_train(t: TrainSettings, s: SamplingConfig) -> None:

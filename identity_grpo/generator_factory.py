@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from identity_grpo.config import TINY, GeneratorConfig
+from identity_grpo.config import TINY, TOY, GeneratorConfig
 from identity_grpo.generators.phantom import PhantomGenerator
 from identity_grpo.generators.tiny import (
     TinyWanConfig,
@@ -23,8 +23,13 @@ WanGenerator = VaceGenerator | PhantomGenerator
 
 
 def build_generator(cfg: GeneratorConfig, device: torch.device | str = "cpu") -> WanGenerator:
-    """From a diffusers folder / hub id, or "tiny": the real classes at test size with seeded random
-    weights (float32; each component gets its own seed as generators/tiny.py does)."""
+    """From a diffusers folder / hub id; "tiny": the real classes at test size with seeded random
+    weights (float32; each component gets its own seed as generators/tiny.py does); "toy": the
+    synthetic world's toy generator of this kind, pretrained on first use (float32)."""
+    if cfg.pretrained == TOY:
+        from identity_grpo.synthetic.pretrain_generator import load_toy_generator  # only the synthetic world needs it
+
+        return load_toy_generator(cfg.kind, cfg.toy_cache_dir, options=cfg.options, device=device)
     if cfg.pretrained == TINY:
         tiny = TinyWanConfig()
         if cfg.kind == "vace":

@@ -36,8 +36,11 @@ from identity_grpo.lora import LoraCheckpoint, attach_lora, export_lora
 from identity_grpo.prompts import GroupSampler, PromptRecord, SampleSlot, load_prompt_manifest, mix_seed, sampling_batches
 from identity_grpo.rewards import RewardFn, WeightedRewards
 from identity_grpo.rollout import Rollout
+from identity_grpo.run_summary import summarize, summary_table
+from identity_grpo.sample_grid import sample_grid, save_grid
 from identity_grpo.sampling import sample_with_log_probs
 from identity_grpo.sde_window import WindowedNoiseSchedule, draw_window_start
+from identity_grpo.synthetic.world_data import world_identity_metrics, write_world_manifests
 from identity_grpo.update import Policy, update_phase
 from reward_model.checkpointing import load_training_state, save_training_state
 from reward_model.config_io import save_config, to_dict
@@ -116,12 +119,15 @@ def train_grpo(
     if meta["step"]:
         run.accelerator.print(f"resumed from {output_dir / 'state'} at step {meta['step']}")
     if run.eval_records and "eval_before" not in meta:
-        meta["eval_before"] = evaluate(run, step=0)  # kept in the saved state: a resumed run still reports it
+        # kept in the saved state, per prompt: a resumed run still reports it and its win rate
+        meta["eval_before"] = evaluate(run, step=0)
+    started = time.perf_counter()
     meta = train_loop(run, meta)
-    metrics = {"steps": meta["step"], "eval_before": meta.get("eval_before", {})}
-    if run.eval_records:
-        metrics["eval_after"] = evaluate(run, step=meta["step"])
+    train_seconds = time.perf_counter() - started
+    after = evaluate(run, step=meta["step"]) if run.eval_records else None
+    metrics = summarize(meta["step"], meta.get("eval_before"), after, meta.get("last_kl"), train_seconds)
     finish(run, metrics)
+    run.accelerator.print(summary_table(metrics))
     run.logger.finish()
     run.accelerator.end_training()
     return metrics
@@ -133,8 +139,14 @@ def setup(cfg: GrpoConfig, generator: Generator | None, reward_fns, evaluate_fn:
     accelerator = make_accelerator(cfg)
     cfg.validate_processes(accelerator.num_processes)
     set_seed(cfg.train.seed)  # before the LoRA is attached: its initial values follow the seed
-    train_records = load_prompt_manifest(cfg.data.train_manifest, cfg.data.check_files)
-    eval_records = load_prompt_manifest(cfg.data.eval_manifest, cfg.data.check_files) if cfg.data.eval_manifest else []
+    train_manifest, eval_manifest = cfg.data.train_manifest, cfg.data.eval_manifest
+    if cfg.data.world.enabled:
+        w = cfg.data.world
+        with accelerator.main_process_first():  # one process writes, the others read
+            train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
+        evaluate_fn = evaluate_fn or world_identity_metrics
+    train_records = load_prompt_manifest(train_manifest, cfg.data.check_files)
+    eval_records = load_prompt_manifest(eval_manifest, cfg.data.check_files) if eval_manifest else []
     if generator is None:
         generator = build_generator(cfg.generator, accelerator.device)
     rewards = WeightedRewards.from_config(cfg.rewards, accelerator.device, reward_fns)
@@ -168,6 +180,7 @@ def train_loop(run: Run, meta: dict) -> dict:
     while meta["step"] < cfg.train.num_steps:
         logged = train_iteration(run, meta["step"])
         meta["step"] += 1
+        meta["last_kl"] = logged.get("train/kl_loss")
         run.logger.log(logged, step=meta["step"])
         progress.update(1)
         progress.set_postfix(reward=f"{logged['reward/mean']:.3f}", kl=f"{logged.get('train/kl_loss', 0.0):.2e}")
@@ -226,7 +239,7 @@ def sample_and_score(run: Run, step: int, schedule) -> tuple[list[Rollout], dict
             with run.accelerator.autocast():  # as in the update's forwards, so the log-probs match
                 trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng)
             videos = gen.decode(trajectory.final_latents)
-        total, per_reward = run.rewards(videos, references, prompts)
+        total, per_reward = run.rewards(videos, references, prompts, records=records)
         group_ids = torch.tensor([slot.group_id for slot in batch])
         rollout = Rollout.from_trajectory(trajectory, conds, group_ids, references)
         rollout.rewards = total
@@ -261,26 +274,54 @@ def reward_statistics(accelerator, values: dict[str, torch.Tensor]) -> dict[str,
 
 
 @torch.no_grad()
-def evaluate(run: Run, step: int) -> dict[str, float]:
-    """Deterministic samples of every held-out prompt with the EMA weights; the mean of every
-    metric over all prompts: eval/reward (the weighted total), eval/reward/<name>, eval/<hook metric>."""
+def evaluate(run: Run, step: int) -> dict:
+    """Deterministic samples of every held-out prompt with the EMA weights. Returns {"mean": the
+    mean of every metric over all prompts (eval/reward: the weighted total, eval/reward/<name>,
+    eval/<hook metric>), "per_prompt": {prompt index (str): {metric: value}}}; the main process
+    also saves a sample grid of its first prompts under output_dir/samples."""
     accelerator = run.accelerator
     indices = range(accelerator.process_index, len(run.eval_records), accelerator.num_processes)
     counts = [len(r.references) for r in run.eval_records]
     results: list[tuple[int, dict[str, float]]] = []
+    shown: list[tuple[int, torch.Tensor]] = []  # (prompt index, clip [T, H, W, 3]) for the grid
     with ema_weights(run.policy):
         for batch in sampling_batches([SampleSlot(i, i) for i in indices], counts, run.cfg.sampling.eval_batch_size):
-            results += evaluate_batch(run, [slot.prompt_index for slot in batch], step)
+            batch_indices = [slot.prompt_index for slot in batch]
+            batch_results, videos = evaluate_batch(run, batch_indices, step)
+            results += batch_results
+            shown += list(zip(batch_indices, videos))[: run.cfg.sampling.grid_prompts - len(shown)]
     every = dict(gather_object(results))  # keyed by prompt index: one entry per held-out prompt
     names = sorted({name for values in every.values() for name in values})
     averaged = {f"eval/{name}": sum(v[name] for v in every.values()) / len(every) for name in names}
     run.logger.log(averaged, step=step)
-    return averaged
+    if accelerator.is_main_process and shown:
+        save_samples(run, step, shown)
+    return {"mean": averaged, "per_prompt": {str(i): values for i, values in sorted(every.items())}}
 
 
-def evaluate_batch(run: Run, indices: list[int], step: int) -> list[tuple[int, dict[str, float]]]:
-    """Per prompt of the batch, its metrics. Each prompt's initial noise is fixed by its index, so
-    every evaluation (and any batching) compares like with like."""
+def save_samples(run: Run, step: int, shown: list[tuple[int, torch.Tensor]]) -> None:
+    """output_dir/samples/step_NNNNN.{mp4,gif}: references | this evaluation's clips; after
+    training also before_after.{mp4,gif}: references | before | after (the step-0 clips are kept)."""
+    folder = Path(run.cfg.output_dir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    indices = [i for i, _ in shown]
+    videos = torch.stack([v for _, v in shown]).float()
+    references = [run.eval_records[i].load_references() for i in indices]
+    mp4, _ = save_grid(sample_grid([videos], references), folder / f"step_{step:05d}")
+    run.logger.log_video("eval/samples", mp4, step)
+    before_path = folder / "before.pt"
+    if step == 0:
+        torch.save({"indices": indices, "videos": videos.half()}, before_path)
+    elif step == run.cfg.train.num_steps and before_path.is_file():
+        before = torch.load(before_path, weights_only=True)
+        if before["indices"] == indices:
+            save_grid(sample_grid([before["videos"].float(), videos], references), folder / "before_after")
+
+
+def evaluate_batch(run: Run, indices: list[int], step: int) -> tuple[list[tuple[int, dict[str, float]]], torch.Tensor]:
+    """Per prompt of the batch, its metrics; and the clips [B, T, H, W, 3] on the CPU. Each
+    prompt's initial noise is fixed by its index, so every evaluation (and any batching) compares
+    like with like."""
     cfg, gen = run.cfg, run.eval_generator
     records = [run.eval_records[i] for i in indices]
     references = [r.load_references() for r in records]
@@ -295,7 +336,7 @@ def evaluate_batch(run: Run, indices: list[int], step: int) -> list[tuple[int, d
         trajectory = sample_with_log_probs(gen, conds, gen.sigmas(cfg.sampling.eval_steps), cfg.sampling.eval_noise, rng,
                                            initial_noise=noise)
     videos = gen.decode(trajectory.final_latents)
-    total, per_reward = run.rewards(videos, references, prompts)
+    total, per_reward = run.rewards(videos, references, prompts, records=records)
     metrics = {"reward": total, **{f"reward/{name}": value for name, value in per_reward.items()}}
     if run.evaluate_fn is not None:
         for name, value in run.evaluate_fn(EvalBatch(videos, records, total, per_reward, step)).items():
@@ -303,7 +344,7 @@ def evaluate_batch(run: Run, indices: list[int], step: int) -> list[tuple[int, d
             if value.shape != (len(indices),):
                 raise ValueError(f"evaluate_fn: metric {name!r} has {value.numel()} values for {len(indices)} samples")
             metrics[name] = value
-    return [(i, {name: float(value[j]) for name, value in metrics.items()}) for j, i in enumerate(indices)]
+    return [(i, {name: float(value[j]) for name, value in metrics.items()}) for j, i in enumerate(indices)], videos.cpu()
 
 
 def ema_weights(policy: Policy):
@@ -337,7 +378,7 @@ def finish(run: Run, metrics: dict) -> None:
 
 
 def publish(cfg: GrpoConfig, final_dir: Path, metrics: dict) -> None:
-    flat = {"steps": metrics["steps"]}
+    flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and v is not None}
     for phase in ("eval_before", "eval_after"):
         flat.update({f"{phase}/{k.removeprefix('eval/')}": v for k, v in metrics.get(phase, {}).items()})
     summary = (

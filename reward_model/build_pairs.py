@@ -3,11 +3,16 @@
     python -m reward_model.build_pairs --out data/synthetic/pairs --train 3000 --val 200 --test 400 --seed 0
 
 Pair kinds (per split, each distortion kind equally often within a kind of pair):
-- clean vs distorted (60%): one rendered clip and a distorted copy, severity ~ U(0.3, 1);
-- mild vs severe (20%): the same clip distorted twice by one operator (same people, same
+- clean vs distorted (45%): one rendered clip and a distorted copy, severity ~ U(0.3, 1);
+- mild vs severe (15%): the same clip distorted twice by one operator (same people, same
   choices), severities s ~ U(0.1, 0.4) and ~ U(s + 0.4, 1);
+- the right person vs a stranger (20%): the same scene rendered twice, once with one person
+  replaced by a look-alike (1-3 face attributes changed, rarely more; same shirt): nothing looks broken, only
+  the references tell which clip is right, so the model has to compare faces with them;
 - ties (20%): two renderings of the same people with different motion and background, both
   clean or both with the same distortion at the same severity.
+A share of every kind (NUISANCE_SHARE) has both clips blurred alike: generated videos are often
+soft, and a blur that both clips share must not decide the preference.
 Train and val pairs show training identities only, test pairs held-out identities only.
 Every pair is generated from its own seed (seed, split, index), so the result does not depend
 on the number of workers. A finished build is recorded in build.json; running again with the
@@ -26,26 +31,30 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
 from reward_model.distortions import DISTORTIONS, apply_distortion
 from reward_model.pairs import write_pairs
 from reward_model.synthetic.clips import sample_clip
-from reward_model.synthetic.identities import sample_identities
+from reward_model.synthetic.identities import FACE_ATTRIBUTES, face_differences, look_alike, sample_identities
 from reward_model.synthetic.render import render_reference
 from reward_model.video import write_image, write_video
 
-BUILD_VERSION = 1  # bump when the world or the pair recipe changes, so old builds are redone
+BUILD_VERSION = 2  # bump when the world or the pair recipe changes, so old builds are redone
 SPLITS = ("train", "val", "test")
 SPLIT_IDENTITIES = {"train": "train", "val": "train", "test": "heldout"}
 KINDS = tuple(DISTORTIONS)
 # Shares of each pair type; the remainder after these is clean vs distorted.
-MILD_SEVERE_SHARE = 0.2
+MILD_SEVERE_SHARE = 0.15
+STRANGER_SHARE = 0.2
 TIE_CLEAN_SHARE = 0.1
 TIE_DISTORTED_SHARE = 0.1
 SEVERITY = (0.3, 1.0)  # clean vs distorted: most distortions clearly visible
 MILD = (0.1, 0.4)
 SEVERE_GAP = 0.4  # a severe copy is at least this much more severe than the mild one
+NUISANCE_SHARE = 0.25  # pairs whose two clips get the same blur
+NUISANCE_BLUR = (0.5, 1.5)  # its Gaussian sigma, in pixels
 
 
 @dataclass(frozen=True)
@@ -66,21 +75,23 @@ class BuildSettings:
 class PairSpec:
     split: str
     index: int
-    pair_type: str  # "distorted", "mild_severe", "tie_clean" or "tie_distorted"
-    kind: str  # distortion kind ("clean" for clean ties)
+    pair_type: str  # "distorted", "mild_severe", "stranger", "tie_clean" or "tie_distorted"
+    kind: str  # distortion kind ("clean" for clean ties, "stranger" for strangers)
 
 
 def plan_split(split: str, count: int, seed: int) -> list[PairSpec]:
     """Pair types in their shares, distortion kinds cycling within each type, order shuffled."""
     counts = {
         "mild_severe": round(count * MILD_SEVERE_SHARE),
+        "stranger": round(count * STRANGER_SHARE),
         "tie_clean": round(count * TIE_CLEAN_SHARE),
         "tie_distorted": round(count * TIE_DISTORTED_SHARE),
     }
     counts = {"distorted": count - sum(counts.values()), **counts}
     if counts["distorted"] < 0:
         raise ValueError(f"{split}: {count} pairs are too few for the pair-type shares")
-    types = [(pair_type, "clean" if pair_type == "tie_clean" else KINDS[i % len(KINDS)])
+    fixed_kind = {"tie_clean": "clean", "stranger": "stranger"}
+    types = [(pair_type, fixed_kind.get(pair_type) or KINDS[i % len(KINDS)])
              for pair_type, n in counts.items() for i in range(n)]
     order = np.random.default_rng([seed, SPLITS.index(split), 1]).permutation(len(types))
     return [PairSpec(split, index, *types[j]) for index, j in enumerate(order)]
@@ -119,6 +130,16 @@ def make_pair(spec: PairSpec, settings: BuildSettings, out_dir: Path) -> dict:
         better = apply_distortion(spec.kind, clip.frames, clip.boxes, severity_other, np.random.default_rng(choice_seed))
         worse = apply_distortion(spec.kind, clip.frames, clip.boxes, severity, np.random.default_rng(choice_seed))
         label_better, distortion = True, spec.kind
+    elif spec.pair_type == "stranger":
+        changes = int(rng.integers(1, 4))
+        victim = int(rng.integers(len(people)))
+        others = people[:victim] + people[victim + 1 :]
+        stranger = look_alike(rng, people[victim], changes, others, SPLIT_IDENTITIES[spec.split])
+        scene = int(rng.integers(2**32))  # the same background and motion for both renderings
+        better = sample_clip(np.random.default_rng(scene), people, **shape).frames
+        worse = sample_clip(np.random.default_rng(scene), people[:victim] + [stranger] + people[victim + 1 :], **shape).frames
+        severity, severity_other = face_differences(people[victim], stranger) / len(FACE_ATTRIBUTES), 0.0
+        label_better, distortion = True, "stranger"
     else:
         other = sample_clip(rng, people, **shape)
         better, worse = clip.frames, other.frames
@@ -128,6 +149,9 @@ def make_pair(spec: PairSpec, settings: BuildSettings, out_dir: Path) -> dict:
             better = apply_distortion(spec.kind, clip.frames, clip.boxes, severity, rng)
             worse = apply_distortion(spec.kind, other.frames, other.boxes, severity, rng)
             distortion = f"{spec.kind}+{spec.kind}"
+    blur = float(rng.uniform(*NUISANCE_BLUR)) if rng.uniform() < NUISANCE_SHARE else 0.0
+    if blur:
+        better, worse = blur_frames(better, blur), blur_frames(worse, blur)
     better_is_a = bool(rng.uniform() < 0.5)
     video_a, video_b = (better, worse) if better_is_a else (worse, better)
     stem = f"videos/{spec.split}/{spec.index:06d}"
@@ -150,7 +174,14 @@ def make_pair(spec: PairSpec, settings: BuildSettings, out_dir: Path) -> dict:
         "num_frames": settings.num_frames,
         "fps": settings.fps,
         "identity_ids": [p.id for p in people],
+        "nuisance_blur": blur,
     }
+
+
+def blur_frames(frames: np.ndarray, sigma: float) -> np.ndarray:
+    """A Gaussian blur of every frame uint8 [T, H, W, 3] (space only)."""
+    blurred = gaussian_filter(frames.astype(np.float32), sigma=(0, sigma, sigma, 0), mode="nearest")
+    return np.clip(np.round(blurred), 0, 255).astype(np.uint8)
 
 
 def _make_pairs(args: tuple[list[PairSpec], BuildSettings, Path]) -> list[dict]:

@@ -133,6 +133,35 @@ def sample_identities(rng: np.random.Generator, n: int, split: str = "train") ->
     return chosen
 
 
+FACE_ATTRIBUTES = ("skin", "hair_colour", "hair_style", "eye_colour", "head_shape", "accessory")  # all but the shirt
+
+
+def look_alike(rng: np.random.Generator, person: Identity, num_changes: int, others: list[Identity] = (),
+               split: str = "train") -> Identity:
+    """Another identity of `split` that differs from `person` in `num_changes` face attributes (more
+    when no such identity is in the split) and wears the same shirt: telling them apart takes the
+    face. Its hair colour stays distinct from `others`' (the people it shares a clip with)."""
+    if not 1 <= num_changes <= len(FACE_ATTRIBUTES):
+        raise ValueError(f"num_changes must be in [1, {len(FACE_ATTRIBUTES)}], got {num_changes}")
+    names = dict(zip((f.name for f in fields(Identity)[1:]), _NAMES))
+    taken = {p.hair_colour for p in others}
+    for changes in range(num_changes, len(FACE_ATTRIBUTES) + 1):
+        for _ in range(200):
+            values = {f.name: getattr(person, f.name) for f in fields(Identity)[1:]}
+            for attribute in rng.choice(FACE_ATTRIBUTES, size=changes, replace=False):
+                choices = [v for v in names[attribute] if v != values[attribute]]
+                values[attribute] = choices[int(rng.integers(len(choices)))]
+            other = identity_from_id(identity_to_id(**values))
+            if is_heldout(other.id) == (split == "heldout") and other.hair_colour not in taken:
+                return other
+    raise ValueError(f"no look-alike of identity {person.id} in split {split!r}")
+
+
+def face_differences(a: Identity, b: Identity) -> int:
+    """How many face attributes two identities differ in."""
+    return sum(getattr(a, name) != getattr(b, name) for name in FACE_ATTRIBUTES)
+
+
 def describe(identity: Identity) -> str:
     """e.g. 'a person with short red hair, dark skin, blue eyes, a round face, glasses and a green shirt'."""
     parts = [

@@ -116,6 +116,15 @@ def test_two_steps_train_every_lora_parameter_and_nothing_else(data, tmp_path, k
     assert saved == metrics and saved["steps"] == 2
     assert saved["eval_after"]["eval/people"] == 1.5  # prompts with 2 and 1 references
     torch.testing.assert_close(saved["eval_after"]["eval/reward"], 2 * saved["eval_after"]["eval/reward/smoke_brightness"])
+    # Headline figures: the means, the KL of the last iteration, the win rate over the two prompts.
+    assert saved["reward_after"] == saved["eval_after"]["eval/reward"] and saved["identity_after"] is None
+    assert saved["kl"] == train[-1]["train/kl_loss"]
+    before, after = saved["per_prompt_before"], saved["per_prompt_after"]
+    wins = [1.0 if after[k]["reward"] > before[k]["reward"] else 0.5 if after[k]["reward"] == before[k]["reward"] else 0.0
+            for k in ("0", "1")]
+    assert saved["win_rate"] == sum(wins) / 2 and saved["win_rates"]["people"] == 0.5  # unchanged: ties
+    samples = tmp_path / "run" / "samples"
+    assert {p.name for p in samples.glob("*.gif")} == {"step_00000.gif", "step_00001.gif", "step_00002.gif", "before_after.gif"}
     final = tmp_path / "run" / "final"
     exported = load_file(final / "pytorch_lora_weights.safetensors")
     assert set(exported) == {f"transformer.{name}" for name in initial}

@@ -4,9 +4,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from reward_model.build_pairs import KINDS, build_synthetic_pairs, main, plan_split
+from reward_model.build_pairs import KINDS, blur_frames, build_synthetic_pairs, main, plan_split
 from reward_model.pairs import load_pairs
-from reward_model.synthetic.identities import identity_from_id, is_heldout
+from reward_model.synthetic.identities import face_differences, identity_from_id, is_heldout, look_alike, sample_identities
 from reward_model.synthetic.measure import identity_consistency
 from reward_model.video import read_image, read_video
 
@@ -22,9 +22,9 @@ def test_plan_balances_pair_types_and_kinds():
     plan = plan_split("train", 60, seed=0)
     assert [spec.index for spec in plan] == list(range(60))
     types = Counter(spec.pair_type for spec in plan)
-    assert types == {"distorted": 36, "mild_severe": 12, "tie_clean": 6, "tie_distorted": 6}
+    assert types == {"distorted": 27, "mild_severe": 9, "stranger": 12, "tie_clean": 6, "tie_distorted": 6}
     distorted = Counter(spec.kind for spec in plan if spec.pair_type == "distorted")
-    assert distorted == {kind: 6 for kind in KINDS}
+    assert set(distorted) == set(KINDS) and max(distorted.values()) - min(distorted.values()) <= 1
     assert plan == plan_split("train", 60, seed=0) and plan != plan_split("train", 60, seed=1)
 
 
@@ -50,6 +50,8 @@ def test_rows_follow_the_pair_recipe(built):
         if r["label"] == "tie":
             assert r["distortion"] == "clean" or r["distortion"] in {f"{k}+{k}" for k in KINDS}
             assert r["severity"] == r["severity_other"]
+        elif r["distortion"] == "stranger":  # 1-3 of 6 face attributes changed
+            assert r["severity"] in (1 / 6, 2 / 6, 3 / 6, 4 / 6) and r["severity_other"] == 0.0
         elif r["severity_other"] == 0.0:  # clean vs distorted
             assert r["distortion"] in KINDS and 0.3 <= r["severity"] <= 1.0
         else:  # mild vs severe
@@ -109,3 +111,26 @@ def test_command_line(tmp_path, capsys):
     assert "4 pairs" in capsys.readouterr().out
     row = load_pairs(manifests["test"], check_files=True)[0]
     assert read_video(row["video_b"]).shape == (4, 32, 48, 3) and row["num_frames"] == 4
+
+
+def test_a_look_alike_differs_in_the_face_only():
+    rng = np.random.default_rng(0)
+    for split in ("train", "heldout"):
+        person, friend = sample_identities(rng, 2, split)
+        for changes in (1, 3):
+            other = look_alike(rng, person, changes, [friend], split)
+            assert face_differences(person, other) >= changes and other.shirt_colour == person.shirt_colour
+            assert is_heldout(other.id) == (split == "heldout") and other.hair_colour != friend.hair_colour
+
+
+def test_some_pairs_are_blurred_in_space_only(built):
+    _, manifests = built
+    rows = [json.loads(line) for line in manifests["train"].read_text().splitlines()]
+    blurred = [r for r in rows if r["nuisance_blur"]]
+    assert blurred and all(0.5 <= r["nuisance_blur"] <= 1.5 for r in blurred) and len(blurred) < len(rows)
+    frames = np.zeros((2, 9, 9, 3), np.uint8)
+    frames[0, 4, 4] = 200  # one bright pixel in the first frame
+    out = blur_frames(frames, 1.0)
+    assert (out[1] == 0).all()  # nothing leaks into the other frame
+    assert out[0, 4, 4, 0] == round(200 / (2 * np.pi))  # the 2-D Gaussian's peak weight, 1 / (2 pi sigma^2)
+    assert out[0, 4, 5, 0] == round(200 * np.exp(-0.5) / (2 * np.pi))

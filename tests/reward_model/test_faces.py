@@ -1,4 +1,4 @@
-"""FaceAnalyzer on a tiny insightface pack exported by the test (tests/reward_model/onnx_faces.py).
+"""FaceAnalyzer on a tiny insightface pack exported by the test (tests/face_models_support.py).
 
 The tiny detector finds a face in each bright 32x32 grid cell and the tiny recognizer embeds a
 face's colour by a known linear map, so boxes, landmarks and embeddings are asserted exactly.
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from onnx_faces import (
+from face_models_support import (
     CELL,
     CROP,
     expected_box,

@@ -1,0 +1,79 @@
+"""What a training run reports at the end (pure functions over evaluation results).
+
+An evaluation result is {"mean": {"eval/<metric>": value}, "per_prompt": {index: {metric: value}}}
+(trainer.evaluate). The summary keeps both evaluations and puts the headline figures at the top:
+
+    reward_before / reward_after      mean weighted reward on held-out prompts
+    identity_before / identity_after  mean independent identity measure (the evaluation hook's
+                                      "identity"; None without a hook)
+    win_rate                          share of held-out prompts whose reward went up (ties half)
+    kl                                the KL to the reference at the last training iteration
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+
+def win_rate(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]], metric: str) -> float:
+    """Share of prompts where `after` beats `before` on `metric` (equal counts half); both are
+    {prompt index: {metric: value}} over the same prompts."""
+    if set(before) != set(after) or not before:
+        raise ValueError(f"win_rate: before and after must cover the same non-empty prompts "
+                         f"({len(before)} vs {len(after)})")
+    wins = sum(1.0 if after[k][metric] > before[k][metric] else 0.5 if after[k][metric] == before[k][metric] else 0.0
+               for k in before)
+    return wins / len(before)
+
+
+def summarize(steps: int, before: dict | None, after: dict | None, last_kl: float | None,
+              train_seconds: float | None = None) -> dict:
+    """metrics.json: the headline figures first, then both evaluations in full."""
+    def mean(result, name):
+        return result["mean"].get(f"eval/{name}") if result else None
+
+    summary = {
+        "steps": steps,
+        "reward_before": mean(before, "reward"),
+        "reward_after": mean(after, "reward"),
+        "identity_before": mean(before, "identity"),
+        "identity_after": mean(after, "identity"),
+        "win_rate": None,
+        "kl": last_kl,
+        "train_seconds": train_seconds,
+    }
+    if before and after:
+        metrics = sorted(set.intersection(*(set(v) for v in (*before["per_prompt"].values(), *after["per_prompt"].values()))))
+        rates = {name: win_rate(before["per_prompt"], after["per_prompt"], name) for name in metrics}
+        summary["win_rate"] = rates.get("reward")
+        summary["win_rates"] = rates
+    summary["eval_before"] = before["mean"] if before else {}
+    summary["eval_after"] = after["mean"] if after else {}
+    summary["per_prompt_before"] = before["per_prompt"] if before else {}
+    summary["per_prompt_after"] = after["per_prompt"] if after else {}
+    return summary
+
+
+def relative_change(before: float | None, after: float | None) -> float | None:
+    if before is None or after is None or before == 0:
+        return None
+    return (after - before) / abs(before)
+
+
+def summary_table(metrics: dict) -> str:
+    """A before/after table of every evaluation metric, for the terminal and the README."""
+    before, after = metrics.get("eval_before", {}), metrics.get("eval_after", {})
+    names = sorted(set(before) | set(after), key=lambda n: (n != "eval/identity", n != "eval/reward", n))
+    lines = ["| metric (held-out) | before | after | change |", "| --- | ---: | ---: | ---: |"]
+    for name in names:
+        b, a = before.get(name), after.get(name)
+        change = relative_change(b, a)
+        cells = [f"{v:.4f}" if v is not None else "-" for v in (b, a)]
+        lines.append(f"| {name.removeprefix('eval/')} | {cells[0]} | {cells[1]} | "
+                     f"{f'{change:+.1%}' if change is not None else '-'} |")
+    rates = metrics.get("win_rates") or {}
+    for name in ("reward", "identity"):
+        if name in rates:
+            lines.append(f"| win rate ({name}) | | {rates[name]:.1%} | |")
+    if metrics.get("kl") is not None:
+        lines.append(f"| KL to the reference (last step) | | {metrics['kl']:.3e} | |")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The end-of-run summary (win rate, headline keys, table), the sample grids, and the synthetic
+world's manifests and identity hook."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from identity_grpo.prompts import PromptRecord, load_prompt_manifest
+from identity_grpo.run_summary import summarize, summary_table, win_rate
+from identity_grpo.sample_grid import GAP, sample_grid, save_grid
+from identity_grpo.synthetic.world_data import world_identity_scores, write_world_manifests
+from reward_model.synthetic.clips import sample_clip
+from reward_model.synthetic.identities import identity_from_id, is_heldout, num_identities
+from reward_model.video import read_video
+
+
+def result(per_prompt: dict[str, dict[str, float]]) -> dict:
+    names = next(iter(per_prompt.values()))
+    return {"mean": {f"eval/{n}": float(np.mean([v[n] for v in per_prompt.values()])) for n in names},
+            "per_prompt": per_prompt}
+
+
+def test_win_rate_counts_ties_half():
+    before = {"0": {"r": 1.0}, "1": {"r": 2.0}, "2": {"r": 3.0}, "3": {"r": 0.0}}
+    after = {"0": {"r": 1.5}, "1": {"r": 2.0}, "2": {"r": 2.0}, "3": {"r": 0.1}}
+    assert win_rate(before, after, "r") == (1 + 0.5 + 0 + 1) / 4
+    with pytest.raises(ValueError, match="same non-empty prompts"):
+        win_rate(before, {"0": {"r": 1.0}}, "r")
+
+
+def test_summary_has_the_headline_keys():
+    before = result({"0": {"reward": 1.0, "identity": 0.2}, "1": {"reward": 3.0, "identity": 0.4}})
+    after = result({"0": {"reward": 2.0, "identity": 0.2}, "1": {"reward": 2.5, "identity": 0.6}})
+    s = summarize(10, before, after, last_kl=0.01, train_seconds=5.0)
+    assert s["reward_before"] == 2.0 and s["reward_after"] == 2.25
+    assert s["identity_before"] == pytest.approx(0.3) and s["identity_after"] == pytest.approx(0.4)
+    assert s["win_rate"] == 0.5 and s["win_rates"]["identity"] == 0.75 and s["kl"] == 0.01
+    json.dumps(s)  # metrics.json
+    table = summary_table(s)
+    assert table.splitlines()[2].startswith("| identity | 0.3000 | 0.4000 | +33.3% |")
+    assert "| reward | 2.0000 | 2.2500 | +12.5% |" in table and "| win rate (identity) | | 75.0% | |" in table
+    no_eval = summarize(3, None, None, None)
+    assert no_eval["reward_before"] is None and no_eval["win_rate"] is None
+
+
+def test_sample_grid_layout_and_files(tmp_path):
+    batch, frames, height, width = 2, 3, 6, 8
+    before = torch.zeros(batch, frames, height, width, 3)
+    after = torch.ones(batch, frames, height, width, 3)
+    refs = [[np.full((4, 4, 3), 10, np.uint8)] * 2, [np.full((4, 4, 3), 20, np.uint8)] * 3]
+    grid = sample_grid([before, after], refs, scale=2)
+    strip = 2 * height  # the widest reference block: two people side by side, tiles height high
+    assert grid.shape == (frames, 2 * (2 * height + GAP), 2 * (strip + 2 * width + 2 * GAP), 3)
+    first_clip_left = 2 * (strip + GAP)
+    assert (grid[:, : 2 * height, first_clip_left : first_clip_left + 2 * width] == 0).all()  # "before": black
+    assert (grid[:, : 2 * height, -2 * width :] == 255).all()  # "after": white
+    mp4, gif = save_grid(grid, tmp_path / "grid")
+    assert read_video(mp4).shape[0] == frames and gif.stat().st_size > 0
+
+
+def test_world_manifests_and_identity_hook(tmp_path):
+    train, heldout = write_world_manifests(tmp_path, num_train=4, num_heldout=3, seed=1)
+    records = load_prompt_manifest(heldout)
+    assert len(records) == 3 and len(load_prompt_manifest(train)) == 4
+    assert all(is_heldout(i) for r in records for i in r.extra["identity_ids"])
+    stamp = (tmp_path / "settings.json").stat().st_mtime_ns
+    assert write_world_manifests(tmp_path, num_train=4, num_heldout=3, seed=1) == (train, heldout)
+    assert (tmp_path / "settings.json").stat().st_mtime_ns == stamp  # same settings: not rewritten
+
+    record = records[0]
+    ids = record.extra["identity_ids"]
+    people = [identity_from_id(i) for i in ids]
+    clip = sample_clip(np.random.default_rng(0), people, num_frames=4)
+    swapped = sample_clip(np.random.default_rng(0), people[::-1], num_frames=4)  # faces on the wrong places
+    videos = torch.from_numpy(np.stack([clip.frames, swapped.frames])).float() / 255
+    scores = world_identity_scores(videos, [record, record])
+    assert scores["identity"][0] > 0.6  # a clean render of the right people
+    # The measure finds people wherever they stand, so the order alone does not matter ...
+    assert scores["identity"][1] > 0.6
+    strangers = PromptRecord("x", record.references, {"identity_ids": [(i + 7919) % num_identities() for i in ids]})
+    assert world_identity_scores(videos[:1], [strangers])["identity"][0] < 0.1  # ... the wrong people score ~0
+    with pytest.raises(ValueError, match="identity_ids"):
+        record.extra.pop("identity_ids")
+        world_identity_scores(videos[:1], [record])
