@@ -1,0 +1,57 @@
+"""Everything a report measures on a batch of generated clips: the config's rewards, the synthetic
+world's independent identity measure (when the manifest names the world's people), face metrics
+(when an insightface pack is given)."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from identity_grpo.config import GrpoConfig
+from identity_grpo.prompts import PromptRecord
+from identity_grpo.report.face_scores import FaceScorer
+from identity_grpo.report.results import BatchScores
+from identity_grpo.report.samples import to_uint8
+from identity_grpo.rewards import RewardFn, WeightedRewards
+from identity_grpo.synthetic.world_data import per_person_scores, world_identity_scores
+from reward_model.faces import FaceAnalyzer, FaceAnalyzerConfig
+
+
+def has_world_identities(records: Sequence[PromptRecord], manifest: str = "the evaluation manifest") -> bool:
+    """True when every row names its world people (`identity_ids`), False when none does."""
+    flags = ["identity_ids" in r.extra for r in records]
+    if any(flags) and not all(flags):
+        row = flags.index(False) + 1
+        raise ValueError(f"{manifest}: row {row} has no 'identity_ids' while other rows do (all or none)")
+    return all(flags) and bool(flags)
+
+
+class Scorers:
+    """A callable (videos [B, T, H, W, 3] float in [0, 1], records, references) -> BatchScores."""
+
+    def __init__(self, rewards: WeightedRewards, world: bool = False, faces: FaceScorer | None = None):
+        self.rewards, self.world, self.faces = rewards, world, faces
+
+    @classmethod
+    def from_config(cls, cfg: GrpoConfig, records: Sequence[PromptRecord], device: torch.device | str = "cpu",
+                    faces: FaceAnalyzerConfig | None = None, reward_fns: Mapping[str, RewardFn] | None = None,
+                    manifest: str = "") -> "Scorers":
+        """The config's rewards (or the ready `reward_fns`, weighted by the config), the world measure
+        if the records carry identity_ids, face metrics if `faces` names an insightface pack."""
+        rewards = WeightedRewards.from_config(cfg.rewards, device, reward_fns)
+        world = has_world_identities(records, manifest or cfg.data.eval_manifest or "the evaluation manifest")
+        return cls(rewards, world, FaceScorer(FaceAnalyzer(faces)) if faces is not None else None)
+
+    def __call__(self, videos: torch.Tensor, records: Sequence[PromptRecord],
+                 references: Sequence[Sequence[np.ndarray]]) -> BatchScores:
+        total, per_reward = self.rewards(videos, references, [r.prompt for r in records])
+        scores = {"reward": total.double().numpy(), **{f"reward/{n}": v.double().numpy() for n, v in per_reward.items()}}
+        per_person: dict[str, list[np.ndarray]] = {}
+        if self.world:
+            scores.update({f"world_{k}": v.double().numpy() for k, v in world_identity_scores(videos, records).items()})
+            per_person["world_identity"] = [np.asarray(p, dtype=np.float64) for p in per_person_scores(videos, records)]
+        if self.faces is not None:
+            face_scores, per_person["face_similarity"] = self.faces(to_uint8(videos), records)
+            scores.update(face_scores)
+        return BatchScores(scores, per_person)
