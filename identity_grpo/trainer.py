@@ -307,7 +307,7 @@ def save_samples(run: Run, step: int, shown: list[tuple[int, torch.Tensor]]) -> 
     indices = [i for i, _ in shown]
     videos = torch.stack([v for _, v in shown]).float()
     references = [run.eval_records[i].load_references() for i in indices]
-    mp4, _ = save_grid(sample_grid([videos], references), folder / f"step_{step:05d}")
+    mp4 = save_grid(sample_grid({f"step {step}": videos}, references), folder / f"step_{step:05d}")[0]
     run.logger.log_video("eval/samples", mp4, step)
     before_path = folder / "before.pt"
     if step == 0:
@@ -315,7 +315,8 @@ def save_samples(run: Run, step: int, shown: list[tuple[int, torch.Tensor]]) -> 
     elif step == run.cfg.train.num_steps and before_path.is_file():
         before = torch.load(before_path, weights_only=True)
         if before["indices"] == indices:
-            save_grid(sample_grid([before["videos"].float(), videos], references), folder / "before_after")
+            save_grid(sample_grid({"before": before["videos"].float(), f"after {step} steps": videos}, references),
+                      folder / "before_after")
 
 
 def evaluate_batch(run: Run, indices: list[int], step: int) -> tuple[list[tuple[int, dict[str, float]]], torch.Tensor]:

@@ -8,7 +8,7 @@ import torch
 
 from identity_grpo.prompts import PromptRecord, load_prompt_manifest
 from identity_grpo.run_summary import summarize, summary_table, win_rate
-from identity_grpo.sample_grid import GAP, sample_grid, save_grid
+from identity_grpo.sample_grid import sample_grid, save_grid
 from identity_grpo.synthetic.world_data import world_identity_scores, write_world_manifests
 from reward_model.synthetic.clips import sample_clip
 from reward_model.synthetic.identities import identity_from_id, is_heldout, num_identities
@@ -44,19 +44,21 @@ def test_summary_has_the_headline_keys():
     assert no_eval["reward_before"] is None and no_eval["win_rate"] is None
 
 
-def test_sample_grid_layout_and_files(tmp_path):
+def test_sample_grid_shows_each_column_and_writes_files(tmp_path):
     batch, frames, height, width = 2, 3, 6, 8
-    before = torch.zeros(batch, frames, height, width, 3)
-    after = torch.ones(batch, frames, height, width, 3)
+    before = torch.zeros(batch, frames, height, width, 3)  # black clips
+    after = torch.ones(batch, frames, height, width, 3)  # white clips
     refs = [[np.full((4, 4, 3), 10, np.uint8)] * 2, [np.full((4, 4, 3), 20, np.uint8)] * 3]
-    grid = sample_grid([before, after], refs, scale=2)
-    strip = 2 * height  # the widest reference block: two people side by side, tiles height high
-    assert grid.shape == (frames, 2 * (2 * height + GAP), 2 * (strip + 2 * width + 2 * GAP), 3)
-    first_clip_left = 2 * (strip + GAP)
-    assert (grid[:, : 2 * height, first_clip_left : first_clip_left + 2 * width] == 0).all()  # "before": black
-    assert (grid[:, : 2 * height, -2 * width :] == 255).all()  # "after": white
-    mp4, gif = save_grid(grid, tmp_path / "grid")
-    assert read_video(mp4).shape[0] == frames and gif.stat().st_size > 0
+    grid = sample_grid({"before": before, "after": after}, refs)
+    assert grid.shape[0] == frames and grid.dtype == np.uint8
+    black = (grid == 0).all(axis=-1).sum(axis=(1, 2))
+    white = (grid == 255).all(axis=-1).sum(axis=(1, 2))
+    # the black "before" and white "after" cells are the same size; nothing else in the grid is pure black or white
+    assert (black > 0).all() and (white == black).all()
+    with pytest.raises(ValueError, match="every column needs 2 clips"):
+        sample_grid({"before": before[:1]}, refs)
+    mp4, gif, png = save_grid(grid, tmp_path / "grid")
+    assert read_video(mp4).shape[0] == frames and gif.stat().st_size > 0 and png.is_file()
 
 
 def test_world_manifests_and_identity_hook(tmp_path):
