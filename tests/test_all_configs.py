@@ -16,6 +16,10 @@ def config_class(folder: str):
         from identity_grpo.config import GrpoConfig
 
         return GrpoConfig
+    if folder == "ipro":
+        from identity_grpo.ipro.config import IproConfig
+
+        return IproConfig
     raise AssertionError(f"configs/{folder}/ has no config class; add it here")
 
 

@@ -3,7 +3,8 @@
     python -m identity_grpo.synthetic.compare runs/grpo_synthetic_vace runs/ipro_synthetic_vace
 
 prints one row per run: the independent identity measure on held-out identities before -> after
-(and the relative gain), the reward-model score before -> after, the win rate, the KL to the
+(and the relative gain), the stage-1 reward model's score before -> after, the win rate of the
+run's own reward, the KL to the
 reference at the end and the training wall time; and writes it to runs/comparison.md.
 """
 from __future__ import annotations
@@ -14,8 +15,9 @@ from pathlib import Path
 
 from identity_grpo.run_summary import relative_change
 
-COLUMNS = ("run", "identity before -> after", "identity gain", "reward before -> after", "win rate (reward)",
-           "KL at the end", "training time")
+COLUMNS = ("run", "identity before -> after", "identity gain", "reward-model score before -> after",
+           "win rate (reward)", "KL at the end", "training time")
+REWARD_MODEL = "eval/reward/reward_model"  # the stage-1 model's own score, whatever else a run's reward adds
 
 
 def _pair(metrics: dict, name: str) -> str:
@@ -25,6 +27,14 @@ def _pair(metrics: dict, name: str) -> str:
     return f"{before:.4f} -> {after:.4f}"
 
 
+def _reward_model_pair(metrics: dict) -> str:
+    """The reward model's score when the run logged it separately, else the run's reward."""
+    before, after = metrics.get("eval_before", {}), metrics.get("eval_after", {})
+    if REWARD_MODEL in before and REWARD_MODEL in after:
+        return f"{before[REWARD_MODEL]:.4f} -> {after[REWARD_MODEL]:.4f}"
+    return _pair(metrics, "reward")
+
+
 def comparison_row(name: str, metrics: dict) -> list[str]:
     gain = relative_change(metrics.get("identity_before"), metrics.get("identity_after"))
     seconds = metrics.get("train_seconds")
@@ -32,7 +42,7 @@ def comparison_row(name: str, metrics: dict) -> list[str]:
         name,
         _pair(metrics, "identity"),
         f"{gain:+.1%}" if gain is not None else "-",
-        _pair(metrics, "reward"),
+        _reward_model_pair(metrics),
         f"{metrics['win_rate']:.1%}" if metrics.get("win_rate") is not None else "-",
         f"{metrics['kl']:.2e}" if metrics.get("kl") is not None else "-",
         f"{seconds / 60:.1f} min" if seconds is not None else "-",

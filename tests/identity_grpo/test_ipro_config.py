@@ -1,0 +1,86 @@
+"""The IPRO config: the published recipe in the GPU YAMLs, and validation errors that name the field."""
+import json
+from pathlib import Path
+
+import pytest
+
+from identity_grpo.ipro.config import IproConfig
+from reward_model.config_io import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("name", ["wan2.1_i2v_14b", "wan2.2_i2v_a14b"])
+def test_gpu_configs_follow_the_published_recipe(name):
+    cfg = load_config(IproConfig, ROOT / "configs" / "ipro" / f"{name}.yaml")
+    t = cfg.train
+    assert (t.lr, t.last_steps, t.reward_weight, t.kl_weight, t.batch_size, t.num_steps) == (2e-5, 4, 0.1, 1.0, 64, 100)
+    assert t.step_weights() == [1.0] * 4 and t.decoder_checkpointing and cfg.generator.kind == "i2v"
+    assert cfg.face_reward.kind == "arcface" and cfg.eval_rewards[0].name == "reward_model"
+    assert cfg.generator.i2v.boundary_ratio == (0.9 if "a14b" in name else 0.0)
+    cfg.validate_processes(8)  # 8 GPUs x 1 x 8 accumulation
+
+
+def test_synthetic_config_runs_on_the_world():
+    cfg = load_config(IproConfig, ROOT / "configs" / "ipro" / "synthetic_vace.yaml")
+    assert cfg.generator.pretrained == "toy" and cfg.face_reward.kind == "world" and cfg.data.world.enabled
+    assert (cfg.train.reward_weight, cfg.train.kl_weight, cfg.train.last_steps) == (0.1, 1.0, 4)
+
+
+def tiny(*overrides: str) -> IproConfig:
+    return load_config(IproConfig, None, ["generator.pretrained=tiny", "sampling.train_steps=4", "train.batch_size=8",
+                                          "train.micro_batch_size=2", *overrides])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.last_steps=5"], r"train.last_steps \(5\) exceeds sampling.train_steps \(4\)"),
+    (["train.kl_step_weights=[1.0]"], r"train.kl_step_weights: one weight per graded step \(4\)"),
+    (["train.kl_step_weights=[1.0, 1.0, -1.0, 1.0]"], "train.kl_step_weights must be >= 0"),
+    (["train.batch_size=6", "train.micro_batch_size=4"], r"train.batch_size \(6\) must be divisible"),
+    (["train.reward_weight=0"], "train.reward_weight must be > 0"),
+    (["train.betas=[0.9]"], "train.betas: two values"),
+    (["train.micro_batch_size=0"], "train.micro_batch_size must be >= 1"),
+    (["generator.kind=i2v", "generator.pretrained=toy"], "no toy i2v generator"),
+    (["generator.kind=banana"], "'generator.kind' must be one of"),
+    (["generator.kind=i2v", "generator.i2v.boundary_ratio=1.5"], "generator.i2v: .*boundary_ratio"),
+    (["generator.phantom_checkpoint=x.pth"], "generator.phantom_checkpoint: only for"),
+    (["face_reward.world.pool_clips=0"], "face_reward.world: .*pool_clips"),
+    (["face_reward.kind=arcface", "face_reward.arcface.pool_frames=0"], "face_reward.arcface.pool_frames"),
+    (["face_reward.kind=arcface", "face_reward.arcface.faces.det_thresh=2"], "face_reward.arcface.faces.det_thresh"),
+    (["sampling.eval_batch_size=0"], "eval_batch_size >= 1"),
+    (["lora.r=0"], "lora.r must be >= 1"),
+    (["hub.push=true"], "hub.repo_id is empty"),
+])
+def test_bad_values_name_their_field(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny(*overrides)
+
+
+@pytest.fixture
+def manifests(tmp_path):
+    for name in ("train.jsonl", "eval.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"prompt": "two people", "references": []}) + "\n")
+    return tmp_path
+
+
+def test_inputs_are_checked_before_any_model_loads(manifests):
+    data = [f"data.train_manifest={manifests / 'train.jsonl'}"]
+    tiny(*data).validate_inputs()
+    with pytest.raises(ConfigError, match="data.train_manifest: required"):
+        tiny().validate_inputs()
+    with pytest.raises(ConfigError, match="eval_rewards: evaluation needs at least one reward"):
+        tiny(*data, f"data.eval_manifest={manifests / 'eval.jsonl'}").validate_inputs()
+    tiny(*data, f"data.eval_manifest={manifests / 'eval.jsonl'}").validate_inputs(eval_rewards_given=True)
+    with pytest.raises(ConfigError, match=r"eval_rewards\[0\].path: folder not found"):
+        tiny(*data, "eval_rewards=[{name: reward_model, path: nowhere}]").validate_inputs()
+    with pytest.raises(ConfigError, match="face_reward.arcface.recognizer: required"):
+        tiny(*data, "face_reward.kind=arcface").validate_inputs()
+    with pytest.raises(ConfigError, match="face_reward.arcface.recognizer: file not found"):
+        tiny(*data, "face_reward.kind=arcface", "face_reward.arcface.recognizer=missing.pth").validate_inputs()
+    tiny(*data, "face_reward.kind=arcface").validate_inputs(face_reward_given=True)
+    with pytest.raises(ConfigError, match="generator.pretrained: required"):
+        tiny(*data, "generator.pretrained=''").validate_inputs()
+    with pytest.raises(ConfigError, match="eval_rewards: evaluation needs"):
+        tiny("data.world.enabled=true").validate_inputs()
+    with pytest.raises(ConfigError, match=r"num_processes \(= 2 \* 3\)"):
+        tiny(*data).validate_processes(3)
