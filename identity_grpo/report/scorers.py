@@ -45,7 +45,7 @@ class Scorers:
 
     def __call__(self, videos: torch.Tensor, records: Sequence[PromptRecord],
                  references: Sequence[Sequence[np.ndarray]]) -> BatchScores:
-        total, per_reward = self.rewards(videos, references, [r.prompt for r in records])
+        total, per_reward = self.rewards(videos, references, [r.prompt for r in records], records=records)
         scores = {"reward": total.double().numpy(), **{f"reward/{n}": v.double().numpy() for n, v in per_reward.items()}}
         per_person: dict[str, list[np.ndarray]] = {}
         if self.world:
