@@ -5,24 +5,17 @@
 import sys
 
 from identity_grpo.config import GrpoConfig
-from reward_model.config_io import ConfigError, parse_cli
+from reward_model.config_io import run_entry
+
+
+def load_trainer():
+    from identity_grpo.trainer import train_grpo
+
+    return train_grpo
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = parse_cli(GrpoConfig, argv)
-        cfg.validate_inputs()
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
-    from identity_grpo.trainer import train_grpo  # heavy imports only after the config is valid
-
-    try:
-        train_grpo(cfg)
-    except ConfigError as error:  # e.g. the batch does not split over the launched processes
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_entry(GrpoConfig, argv, load_trainer)
 
 
 if __name__ == "__main__":

@@ -6,24 +6,17 @@ differentiable face-identity reward through the decoder and the last denoising s
 import sys
 
 from identity_grpo.ipro.config import IproConfig
-from reward_model.config_io import ConfigError, parse_cli
+from reward_model.config_io import run_entry
+
+
+def load_trainer():
+    from identity_grpo.ipro.trainer import train_ipro
+
+    return train_ipro
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = parse_cli(IproConfig, argv)
-        cfg.validate_inputs()
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
-    from identity_grpo.ipro.trainer import train_ipro  # heavy imports only after the config is valid
-
-    try:
-        train_ipro(cfg)
-    except ConfigError as error:  # e.g. the batch does not split over the launched processes
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return run_entry(IproConfig, argv, load_trainer)
 
 
 if __name__ == "__main__":

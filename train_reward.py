@@ -5,19 +5,17 @@
 import sys
 
 from reward_model.config import RewardConfig
-from reward_model.config_io import ConfigError, parse_cli
+from reward_model.config_io import run_entry
+
+
+def load_trainer():
+    from reward_model.trainer import train_reward_model
+
+    return train_reward_model
 
 
 def main(argv: list[str]) -> int:
-    try:
-        cfg = parse_cli(RewardConfig, argv)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
-    from reward_model.trainer import train_reward_model  # heavy imports only after the config is valid
-
-    train_reward_model(cfg)
-    return 0
+    return run_entry(RewardConfig, argv, load_trainer)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ class GrpoConfig:
     resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
-        _validate_generator(self.generator)
+        validate_generator(self.generator)
         _validate_sampling(self.sampling)
         _validate_lora(self.lora)
         _validate_rewards(self.rewards)
@@ -172,28 +172,11 @@ class GrpoConfig:
     def validate_inputs(self, generator_given: bool = False, rewards_given: bool = False) -> None:
         """Required inputs are given and every local path exists (hub ids, "tiny" and "toy" are not paths).
         A generator or reward functions handed to the trainer need none of their config paths."""
-        g, d = self.generator, self.data
         if not generator_given:
-            if not g.pretrained:
-                raise ConfigError("generator.pretrained: required (a diffusers folder, a hub id, 'tiny' or 'toy')")
-            if g.pretrained not in BUILT_IN and not is_hub_id(g.pretrained):
-                _require_local(g.pretrained, "generator.pretrained", "folder")
-            if g.phantom_checkpoint:
-                _require_local(g.phantom_checkpoint, "generator.phantom_checkpoint", "file")
-        for i, spec in enumerate([] if rewards_given else self.rewards):
-            if spec.name == "reward_model" and not spec.path:
-                raise ConfigError(f"rewards[{i}].path: required for reward_model (a trained reward model folder)")
-            if spec.path:
-                _require_local(spec.path, f"rewards[{i}].path", "folder" if spec.name == "reward_model" else "path")
-        if d.world.enabled:
-            return  # the world's manifests are written when training starts
-        if not d.train_manifest:
-            raise ConfigError("data.train_manifest: required (a prompt manifest, .jsonl or .csv)")
-        _require_local(d.train_manifest, "data.train_manifest", "file")
-        if d.eval_manifest:
-            _require_local(d.eval_manifest, "data.eval_manifest", "file")
-        elif self.train.eval_every:
-            raise ConfigError("train.eval_every is set but data.eval_manifest is empty")
+            check_generator_inputs(self.generator)
+        if not rewards_given:
+            check_reward_inputs(self.rewards, "rewards")
+        check_manifest_inputs(self.data, self.train.eval_every)
 
     def validate_processes(self, num_processes: int) -> None:
         """The per-step batch must split evenly over processes and sampling batches."""
@@ -216,6 +199,38 @@ def is_hub_id(value: str) -> bool:
     return bool(_HUB_ID.fullmatch(value)) and not Path(value).exists()
 
 
+def check_generator_inputs(g: GeneratorConfig) -> None:
+    """The generator's weights are named and its local files exist (hub ids, "tiny" and "toy" are not paths)."""
+    if not g.pretrained:
+        raise ConfigError("generator.pretrained: required (a diffusers folder, a hub id, 'tiny' or 'toy')")
+    if g.pretrained not in BUILT_IN and not is_hub_id(g.pretrained):
+        _require_local(g.pretrained, "generator.pretrained", "folder")
+    if g.phantom_checkpoint:
+        _require_local(g.phantom_checkpoint, "generator.phantom_checkpoint", "file")
+
+
+def check_reward_inputs(specs: list[RewardSpec], section: str) -> None:
+    """Every reward's files exist; the reward model needs its trained folder (`section`: the YAML key)."""
+    for i, spec in enumerate(specs):
+        if spec.name == "reward_model" and not spec.path:
+            raise ConfigError(f"{section}[{i}].path: required for reward_model (a trained reward model folder)")
+        if spec.path:
+            _require_local(spec.path, f"{section}[{i}].path", "folder" if spec.name == "reward_model" else "path")
+
+
+def check_manifest_inputs(d: DataConfig, eval_every: int) -> None:
+    """The prompt manifests exist (the synthetic world writes its own when training starts)."""
+    if d.world.enabled:
+        return
+    if not d.train_manifest:
+        raise ConfigError("data.train_manifest: required (a prompt manifest, .jsonl or .csv)")
+    _require_local(d.train_manifest, "data.train_manifest", "file")
+    if d.eval_manifest:
+        _require_local(d.eval_manifest, "data.eval_manifest", "file")
+    elif eval_every:
+        raise ConfigError("train.eval_every is set but data.eval_manifest is empty")
+
+
 def _require_local(value: str, field_name: str, kind: str) -> None:
     path = Path(value)
     exists = path.is_file() if kind == "file" else path.is_dir() if kind == "folder" else path.exists()
@@ -230,7 +245,7 @@ def _options_error(field_name: str, options) -> None:
         raise ConfigError(f"{field_name}: {error}") from None
 
 
-def _validate_generator(g: GeneratorConfig) -> None:
+def validate_generator(g: GeneratorConfig) -> None:
     if g.phantom_checkpoint and g.kind != "phantom":
         raise ConfigError("generator.phantom_checkpoint: only for generator.kind = phantom")
     _options_error(f"generator.{g.kind}", g.options)

@@ -7,10 +7,11 @@ name the file (or override) and the field, raised before any model is loaded.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, TypeVar
 
 import yaml
 
@@ -59,6 +60,24 @@ def parse_cli(cls: type[T], argv: list[str]) -> T:
         else:
             rest.append(arg)
     return load_config(cls, path, rest)
+
+
+def run_entry(cls: type[T], argv: list[str], load_train: Callable[[], Callable[[T], Any]]) -> int:
+    """An entry script's main: parse `--config file.yaml key=value ...` into `cls`, run its
+    `validate_inputs()` (files and references checked before any model loads), then the trainer
+    `load_train()` returns (imported only now: torch and diffusers take seconds). A ConfigError,
+    from the config or from the trainer (e.g. a batch that does not split over the launched
+    processes), is one line on stderr and exit status 2, not a traceback."""
+    try:
+        config = parse_cli(cls, argv)
+        validate_inputs = getattr(config, "validate_inputs", None)
+        if callable(validate_inputs):
+            validate_inputs()
+        load_train()(config)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def from_dict(cls: type[T], raw: dict[str, Any], source: str = "<dict>", prefix: str = "") -> T:

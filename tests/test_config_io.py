@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from reward_model.config_io import ConfigError, load_config, parse_cli
+from reward_model.config_io import ConfigError, load_config, parse_cli, run_entry
 
 
 @dataclass
@@ -57,3 +57,35 @@ def test_parse_cli_reads_config_flag(tmp_path):
     assert parse_cli(Outer, [f"--config={path}"]).name == "fromfile"
     with pytest.raises(ConfigError, match="not found"):
         parse_cli(Outer, ["--config", str(tmp_path / "missing.yaml")])
+
+
+def test_run_entry_trains_a_valid_config_and_reports_errors_in_one_line(capsys):
+    trained, loaded = [], []
+
+    def load_train():
+        loaded.append(True)
+        return trained.append
+
+    assert run_entry(Outer, ["inner.steps=3"], load_train) == 0
+    assert [cfg.inner.steps for cfg in trained] == [3]
+    # a bad config: exit status 2, the field named on stderr, the trainer never imported
+    loaded.clear()
+    assert run_entry(Outer, ["inner.steps=-1"], load_train) == 2
+    assert capsys.readouterr().err == "config error: inner.steps must be >= 0\n" and not loaded
+
+    def refuse(cfg):  # errors found by the trainer (e.g. processes vs batch) are reported the same way
+        raise ConfigError("train.batch_size: 7 does not split over 2 processes")
+
+    assert run_entry(Outer, [], lambda: refuse) == 2
+    assert "train.batch_size" in capsys.readouterr().err
+
+
+def test_entry_scripts_reject_an_unknown_field(capsys):
+    import train_grpo
+    import train_ipro
+    import train_reward
+
+    for script, config in ((train_reward, "reward/synthetic"), (train_grpo, "grpo/synthetic_vace"),
+                           (train_ipro, "ipro/synthetic_vace")):
+        assert script.main(["--config", f"configs/{config}.yaml", "train.no_such_field=1"]) == 2
+        assert "train.no_such_field" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from identity_grpo.config import (
-    BUILT_IN,
     DataConfig,
     GeneratorConfig,
     LoraSettings,
@@ -26,7 +25,10 @@ from identity_grpo.config import (
     _validate_lora,
     _validate_rewards,
     _validate_world,
-    is_hub_id,
+    check_generator_inputs,
+    check_manifest_inputs,
+    check_reward_inputs,
+    validate_generator,
 )
 from identity_grpo.generators.wan_i2v import I2vOptions
 from identity_grpo.ipro.world_faces import WorldFaceSettings
@@ -120,14 +122,9 @@ class IproConfig:
 
     def validate(self) -> None:
         g, s, t = self.generator, self.sampling, self.train
-        if g.phantom_checkpoint and g.kind != "phantom":
-            raise ConfigError("generator.phantom_checkpoint: only for generator.kind = phantom")
+        validate_generator(g)
         if g.kind == "i2v" and g.pretrained == "toy":
             raise ConfigError("generator.pretrained: the synthetic world has no toy i2v generator (use vace or phantom)")
-        try:
-            g.options.validate()
-        except ValueError as error:
-            raise ConfigError(f"generator.{g.kind}: {error}") from None
         if s.train_steps < 1 or s.eval_steps < 1:
             raise ConfigError("sampling.train_steps and sampling.eval_steps must be >= 1")
         if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
@@ -150,38 +147,22 @@ class IproConfig:
     def validate_inputs(self, generator_given: bool = False, face_reward_given: bool = False,
                         eval_rewards_given: bool = False) -> None:
         """Required inputs are given and every local path exists; parts handed to the trainer need none."""
-        g, d = self.generator, self.data
         if not generator_given:
-            if not g.pretrained:
-                raise ConfigError("generator.pretrained: required (a diffusers folder, a hub id, 'tiny' or 'toy')")
-            if g.pretrained not in BUILT_IN and not is_hub_id(g.pretrained):
-                _require_local(g.pretrained, "generator.pretrained", "folder")
-            if g.phantom_checkpoint:
-                _require_local(g.phantom_checkpoint, "generator.phantom_checkpoint", "file")
+            check_generator_inputs(self.generator)
         if self.face_reward.kind == "arcface" and not face_reward_given:
             a = self.face_reward.arcface
             if not a.recognizer:
                 raise ConfigError("face_reward.arcface.recognizer: required (an arcface_torch backbone .pth)")
             _require_local(a.recognizer, "face_reward.arcface.recognizer", "file")
-        for i, spec in enumerate([] if eval_rewards_given else self.eval_rewards):
-            if spec.name == "reward_model" and not spec.path:
-                raise ConfigError(f"eval_rewards[{i}].path: required for reward_model (a trained reward model folder)")
-            if spec.path:
-                _require_local(spec.path, f"eval_rewards[{i}].path", "folder" if spec.name == "reward_model" else "path")
+        if not eval_rewards_given:
+            check_reward_inputs(self.eval_rewards, "eval_rewards")
+        d = self.data
         evaluating = d.world.num_heldout > 0 if d.world.enabled else bool(d.eval_manifest)
         if evaluating and not self.eval_rewards and not eval_rewards_given:
             raise ConfigError("eval_rewards: evaluation needs at least one reward to report as eval/reward (e.g. "
                               "{name: reward_model, path: runs/reward_synthetic/final}); the face reward is added "
                               "as eval/face_reward")
-        if d.world.enabled:
-            return  # the world's manifests are written when training starts
-        if not d.train_manifest:
-            raise ConfigError("data.train_manifest: required (a prompt manifest, .jsonl or .csv)")
-        _require_local(d.train_manifest, "data.train_manifest", "file")
-        if d.eval_manifest:
-            _require_local(d.eval_manifest, "data.eval_manifest", "file")
-        elif self.train.eval_every:
-            raise ConfigError("train.eval_every is set but data.eval_manifest is empty")
+        check_manifest_inputs(d, self.train.eval_every)
 
     def validate_processes(self, num_processes: int) -> None:
         t = self.train

@@ -15,8 +15,6 @@ person's face in every frame is cropped at the renderer's box and embedded.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from identity_grpo.cache_folders import is_complete, publish, scratch_folder, settings_hash
 from identity_grpo.ipro.face_crop import crop_faces
 from identity_grpo.ipro.face_reward import DifferentiableFaceReward
 from identity_grpo.ipro.identity_reward import FacePool
@@ -31,7 +30,6 @@ from identity_grpo.ipro.iresnet import IResNet
 from identity_grpo.ipro.world_detector import DetectorTraining, HeadDetector, train_detector
 from identity_grpo.ipro.world_embedder import EmbedderTraining, train_embedder
 from identity_grpo.prompts import PromptRecord
-from identity_grpo.synthetic.pretrain_generator import settings_hash
 from identity_grpo.synthetic.world_data import world_identities
 from reward_model.synthetic.clips import sample_clip
 
@@ -69,35 +67,23 @@ def world_face_models(settings: WorldFaceSettings, device: torch.device | str = 
     """The frozen embedder and detector for these settings, training and caching them first if needed."""
     settings.validate()
     folder = cache_folder(settings)
-    if not (folder / COMPLETE_MARKER).exists():
+    if not is_complete(folder, COMPLETE_MARKER):
         start = time.perf_counter()
         embedder, embedder_record = train_embedder(settings.embedder, settings.seed, progress)
         middle = time.perf_counter()
         detector, detector_record = train_detector(settings.detector, settings.embedder, settings.seed, progress)
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        tmp = scratch_folder(folder)
         torch.save(embedder.state_dict(), tmp / "embedder.pt")
         torch.save(detector.state_dict(), tmp / "detector.pt")
         record = {"settings": asdict(settings), "embedder": embedder_record, "detector": detector_record,
                   "embedder_seconds": middle - start, "detector_seconds": time.perf_counter() - middle}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(record))
-        _publish(tmp, folder)
+        publish(tmp, folder, COMPLETE_MARKER)
     embedder = IResNet(settings.embedder.iresnet)
     embedder.load_state_dict(torch.load(folder / "embedder.pt", map_location="cpu", weights_only=True))
     detector = HeadDetector()
     detector.load_state_dict(torch.load(folder / "detector.pt", map_location="cpu", weights_only=True))
     return (embedder.to(device).eval().requires_grad_(False), detector.to(device).eval().requires_grad_(False))
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename a finished folder into place; if another process got there first, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not (final / COMPLETE_MARKER).exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @torch.no_grad()

@@ -108,9 +108,10 @@ def render_markdown(summaries: Sequence[ModelSummary], records: Sequence[PromptR
                   f"![paired scores]({files.paired})"]
     if files.curves:
         parts += ["## Training curves",
-                  "From the training log (`log.jsonl`): the reward of the samples GRPO trained on (shaded: their "
-                  "spread), the KL divergence to the original model (how far the fine-tuning moved it), and the "
-                  "held-out evaluations made during training.",
+                  "From the training log (`log.jsonl`): the reward of the samples each run trained on (its own reward: "
+                  "GRPO's weighted rewards, shaded by their spread; IPRO's face reward), its KL to the original model "
+                  "(how far the fine-tuning moved it; GRPO's between transition distributions, IPRO's a velocity "
+                  "gap), and the held-out evaluations made during training.",
                   f"![training curves]({files.curves})"]
     parts += ["## Setup", _setup_lines(setup),
               "## Files",

@@ -15,7 +15,8 @@ from identity_grpo.report.results import ModelResult
 from identity_grpo.report.summary import ModelSummary, win_rate
 from identity_grpo.report.tables import metric_label
 
-KL_KEYS = ("train/kl_loss", "train/kl", "train/approx_kl")  # the first one a log has is drawn
+REWARD_KEYS = ("reward/mean", "train/reward")  # GRPO's group rewards, IPRO's face reward: the first one a log has is drawn
+KL_KEYS = ("train/kl_loss", "train/kl", "train/approx_kl")  # the same for the KL
 _EVAL_NAMES = {"identity": "world_identity", "identity_worst": "world_identity_worst"}  # trainer hook -> report names
 PERSON_MEASURES = {"world_identity": "world identity per person", "face_similarity": "face similarity per person"}
 
@@ -24,7 +25,7 @@ def curve_keys(logs: Mapping[str, Sequence[dict]]) -> list[str]:
     """Training reward, the KL, then every eval/* metric, as far as any log has them; an eval curve
     equal to an earlier one everywhere (the total of a single reward and that reward) is left out."""
     present = {k for entries in logs.values() for e in entries for k in e}
-    keys = ["reward/mean"] if "reward/mean" in present else []
+    keys = [k for k in REWARD_KEYS if k in present][:1]
     keys += [k for k in KL_KEYS if k in present][:1]
     for key in sorted(k for k in present if k.startswith("eval/")):
         series = [(e["step"], e.get(key)) for entries in logs.values() for e in entries]
@@ -33,12 +34,21 @@ def curve_keys(logs: Mapping[str, Sequence[dict]]) -> list[str]:
     return keys
 
 
+def run_key(entries: Sequence[dict], key: str) -> str:
+    """The key one run logs for a panel: a run's own training reward / KL where runs of different
+    methods log them under different names (GRPO's reward/mean, IPRO's train/reward)."""
+    for group in (REWARD_KEYS, KL_KEYS):
+        if key in group:
+            return next((k for k in group if any(k in e for e in entries)), key)
+    return key
+
+
 def curve_title(key: str, labels: Mapping[str, str] | None = None) -> str:
     """A panel's title; `labels` (report metric -> label) name the eval/* metrics like the table does."""
-    if key == "reward/mean":
-        return "training reward (mean over the step's samples)"
+    if key in REWARD_KEYS:
+        return "training reward (each run's own, mean over the step's samples)"
     if key in KL_KEYS:
-        return f"KL to the base model ({key})"
+        return "KL to the base model (each run's own)"
     name = key.removeprefix("eval/")
     name = _EVAL_NAMES.get(name, name)
     return "held-out: " + (labels or {}).get(name, metric_label(name))
@@ -72,27 +82,29 @@ def plot_curves(logs: Mapping[str, Sequence[dict]], path: Path, labels: Mapping[
     figure, axes = _grid(len(keys))
     for key, ax in zip(keys, axes):
         drawn = []
-        for label, entries in logs.items():
-            kept = [e for e in entries if e.get(key) is not None]
+        for run, (label, entries) in enumerate(logs.items()):
+            own = run_key(entries, key)
+            kept = [e for e in entries if e.get(own) is not None]
             if not kept:
                 continue
             steps = np.asarray([e["step"] for e in kept], dtype=float)
-            values = np.asarray([e[key] for e in kept], dtype=float)
+            values = np.asarray([e[own] for e in kept], dtype=float)
             few = len(kept) < 12  # evaluations are sparse: show each one
-            ax.plot(steps, values, marker="o" if few else None, markersize=4, label=label)
+            color = f"C{run}"  # a run keeps its colour in panels where other runs have no curve
+            ax.plot(steps, values, marker="o" if few else None, markersize=4, label=label, color=color)
             drawn.append(values)
-            if key == "reward/mean":  # the spread of the step's samples
+            if own == "reward/mean":  # the spread of the step's samples
                 spread = np.asarray([e.get("reward/std", np.nan) for e in kept], dtype=float)
-                ax.fill_between(steps, values - spread, values + spread, alpha=0.2)
+                ax.fill_between(steps, values - spread, values + spread, alpha=0.2, color=color)
                 drawn += [values - spread, values + spread]
         if drawn:
             _keep_small_changes_small(ax, np.concatenate(drawn))
         ax.set_title(curve_title(key, labels), fontsize=10)
-        ax.set_xlabel("GRPO step")
+        ax.set_xlabel("training step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    if len(logs) > 1:
-        axes[0].legend(fontsize=8)
+        if drawn and len(logs) > 1:  # every panel says whose curves it has (runs may log different keys)
+            ax.legend(fontsize=8)
     figure.savefig(path, dpi=110)
     return keys
 

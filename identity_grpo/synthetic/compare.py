@@ -3,9 +3,9 @@
     python -m identity_grpo.synthetic.compare runs/grpo_synthetic_vace runs/ipro_synthetic_vace
 
 prints one row per run: the independent identity measure on held-out identities before -> after
-(and the relative gain), the stage-1 reward model's score before -> after, the win rate of the
-run's own reward, the KL to the
-reference at the end and the training wall time; and writes it to runs/comparison.md.
+(the relative gain, and how many held-out samples it raised: the win rate against the model before
+training, ties counted half), the stage-1 reward model's score before -> after and its win rate,
+the KL to the reference at the end and the training wall time; and writes it to runs/comparison.md.
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 
 from identity_grpo.run_summary import relative_change
 
-COLUMNS = ("run", "identity before -> after", "identity gain", "reward-model score before -> after",
-           "win rate (reward)", "KL at the end", "training time")
+COLUMNS = ("run", "identity before -> after", "identity gain", "identity win rate",
+           "reward-model score before -> after", "reward-model win rate", "KL at the end", "training time")
 REWARD_MODEL = "eval/reward/reward_model"  # the stage-1 model's own score, whatever else a run's reward adds
 
 
@@ -25,6 +25,15 @@ def _pair(metrics: dict, name: str) -> str:
     if before is None or after is None:
         return "-"
     return f"{before:.4f} -> {after:.4f}"
+
+
+def _percent(value: float | None) -> str:
+    return f"{value:.1%}" if value is not None else "-"
+
+
+def _reward_model_win_rate(metrics: dict) -> float | None:
+    """The reward model's own win rate when the run logged it separately, else the run's reward's."""
+    return metrics.get("win_rates", {}).get(REWARD_MODEL.removeprefix("eval/"), metrics.get("win_rate"))
 
 
 def _reward_model_pair(metrics: dict) -> str:
@@ -42,8 +51,9 @@ def comparison_row(name: str, metrics: dict) -> list[str]:
         name,
         _pair(metrics, "identity"),
         f"{gain:+.1%}" if gain is not None else "-",
+        _percent(metrics.get("win_rates", {}).get("identity")),
         _reward_model_pair(metrics),
-        f"{metrics['win_rate']:.1%}" if metrics.get("win_rate") is not None else "-",
+        _percent(_reward_model_win_rate(metrics)),
         f"{metrics['kl']:.2e}" if metrics.get("kl") is not None else "-",
         f"{seconds / 60:.1f} min" if seconds is not None else "-",
     ]

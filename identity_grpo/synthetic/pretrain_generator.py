@@ -19,10 +19,8 @@ plus pretrain.json (settings, losses, timings). Folder names carry a hash of the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -35,6 +33,7 @@ from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from identity_grpo.cache_folders import is_complete, publish, scratch_folder, settings_hash
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.phantom import PhantomGenerator, PhantomOptions
 from identity_grpo.generators.vace import VaceGenerator, VaceOptions
@@ -309,10 +308,6 @@ def pretrain_transformer(kind: Kind, model: ToyModelConfig, train: ToyPretrainCo
 # --------------------------------------------------------------------------- cache
 
 
-def settings_hash(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def _vae_settings(model: ToyModelConfig, train: ToyPretrainConfig) -> dict:
     model_part = {k: v for k, v in asdict(model).items() if k not in TRANSFORMER_MODEL_FIELDS}
     train_part = {f.name: getattr(train, f.name) for f in fields(train)
@@ -324,29 +319,18 @@ def _generator_settings(kind: Kind, model: ToyModelConfig, train: ToyPretrainCon
     return {"format": CACHE_FORMAT, "kind": kind, "model": asdict(model), "pretrain": asdict(train)}
 
 
-def _publish(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; if another process got there first, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not (final / COMPLETE_MARKER).exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _load_or_pretrain_vae(folder: Path, model: ToyModelConfig, train: ToyPretrainConfig, device, progress: bool):
     """The shared VAE, text encoder and tokenizer from `folder`, pretraining them first if needed."""
-    if not (folder / COMPLETE_MARKER).exists():
+    if not is_complete(folder, COMPLETE_MARKER):
         start = time.perf_counter()
         vae, losses = pretrain_vae(model, train, device, progress)
-        tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
+        tmp = scratch_folder(folder)
         vae.save_pretrained(tmp / "vae")
         toy_text_encoder(model, seed=train.seed + 1).save_pretrained(tmp / "text_encoder")
         toy_tokenizer().save_pretrained(str(tmp / "tokenizer"))
         record = {"settings": _vae_settings(model, train), "seconds": time.perf_counter() - start, "losses": losses}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(record))
-        _publish(tmp, folder)
+        publish(tmp, folder, COMPLETE_MARKER)
     vae = AutoencoderKLWan.from_pretrained(folder / "vae").to(device).eval().requires_grad_(False)
     text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder").to(device).eval().requires_grad_(False)
     return vae, text_encoder, AutoTokenizer.from_pretrained(str(folder / "tokenizer"))
@@ -371,14 +355,13 @@ def toy_generator_path(kind: Kind, cache_dir: str | Path = "data/cache/toy_gener
     model.validate()
     train.validate(model)
     folder, vae_folder = cache_folders(kind, cache_dir, model, train)
-    if (folder / COMPLETE_MARKER).exists():
+    if is_complete(folder, COMPLETE_MARKER):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     vae, text_encoder, tokenizer = _load_or_pretrain_vae(vae_folder, model, train, device, progress)
     start = time.perf_counter()
     transformer, losses = pretrain_transformer(kind, model, train, vae, text_encoder, tokenizer, device, progress)
-    tmp = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = scratch_folder(folder)
     transformer.save_pretrained(tmp / "transformer")
     for part in ("vae", "text_encoder", "tokenizer"):
         shutil.copytree(vae_folder / part, tmp / part)
@@ -386,7 +369,7 @@ def toy_generator_path(kind: Kind, cache_dir: str | Path = "data/cache/toy_gener
     record = {"settings": _generator_settings(kind, model, train), "vae_seconds": vae_record["seconds"],
               "transformer_seconds": time.perf_counter() - start, "vae_losses": vae_record["losses"], "losses": losses}
     (tmp / COMPLETE_MARKER).write_text(json.dumps(record))
-    _publish(tmp, folder)
+    publish(tmp, folder, COMPLETE_MARKER)
     return folder
 
 

@@ -22,7 +22,7 @@ from identity_grpo.report.grid import GridRow, build_grid
 from identity_grpo.report.lora_files import loaded_lora
 from identity_grpo.report.evaluate import evaluate_models
 from identity_grpo.report.pipeline import eval_manifest
-from identity_grpo.report.plots import plot_curves
+from identity_grpo.report.plots import plot_curves, run_key
 from identity_grpo.report.scorers import Scorers, has_world_identities
 from identity_grpo.report.summary import person_means, win_rate
 from identity_grpo.rewards import WeightedRewards, register_reward
@@ -212,6 +212,10 @@ def test_curves_and_inputs(setup, tmp_path):
            {"step": 0, "eval/reward": 1.0, "eval/reward/rm": 1.0, "eval/identity": 0.3}]  # a single reward: one curve
     assert plot_curves({"run": log}, tmp_path / "c.png") == ["reward/mean", "train/kl_loss", "eval/identity", "eval/reward"]
     assert (tmp_path / "c.png").is_file()
+    ipro_log = [{"step": 1, "train/reward": 0.2, "train/kl": 1e-3}, {"step": 0, "eval/identity": 0.3}]
+    assert plot_curves({"grpo": log, "ipro": ipro_log}, tmp_path / "both.png")[:2] == ["reward/mean", "train/kl_loss"]
+    assert run_key(ipro_log, "reward/mean") == "train/reward" and run_key(ipro_log, "train/kl_loss") == "train/kl"
+    assert plot_curves({"ipro": ipro_log}, tmp_path / "ipro.png") == ["train/reward", "train/kl", "eval/identity"]
     assert plot_curves({"run": [{"step": 1, "other": 1.0}]}, tmp_path / "none.png") == []
     assert not (tmp_path / "none.png").exists()
     world = load_config(GrpoConfig, None, ["data.world.enabled=true", f"data.world.folder={tmp_path / 'world'}",

@@ -92,7 +92,8 @@ def test_comparison_table_of_two_runs(tmp_path):
 
     grpo = {"identity_before": 0.05, "identity_after": 0.06, "reward_before": -8.0, "reward_after": -6.0,
             "win_rate": 0.75, "kl": 1.5e-3, "train_seconds": 600.0,  # the reward model's own score is preferred:
-            "eval_before": {"eval/reward/reward_model": -9.0}, "eval_after": {"eval/reward/reward_model": -7.5}}
+            "eval_before": {"eval/reward/reward_model": -9.0}, "eval_after": {"eval/reward/reward_model": -7.5},
+            "win_rates": {"identity": 0.625, "reward/reward_model": 0.9}}
     ipro = {"identity_before": 0.05, "identity_after": 0.055, "reward_before": None, "reward_after": None,
             "win_rate": None, "kl": None, "train_seconds": None}
     for name, metrics in (("grpo", grpo), ("ipro", ipro)):
@@ -100,6 +101,6 @@ def test_comparison_table_of_two_runs(tmp_path):
         (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
     table = main([str(tmp_path / "grpo"), str(tmp_path / "ipro"), "--out", str(tmp_path / "cmp.md")])
     rows = table.splitlines()
-    assert rows[2] == "| grpo | 0.0500 -> 0.0600 | +20.0% | -9.0000 -> -7.5000 | 75.0% | 1.50e-03 | 10.0 min |"
-    assert rows[3] == "| ipro | 0.0500 -> 0.0550 | +10.0% | - | - | - | - |"
+    assert rows[2] == "| grpo | 0.0500 -> 0.0600 | +20.0% | 62.5% | -9.0000 -> -7.5000 | 90.0% | 1.50e-03 | 10.0 min |"
+    assert rows[3] == "| ipro | 0.0500 -> 0.0550 | +10.0% | - | - | - | - | - |"
     assert (tmp_path / "cmp.md").read_text() == table + "\n"
