@@ -28,7 +28,7 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_obj
 from tqdm.auto import tqdm
 
 from identity_grpo.advantages import gather_for_advantages
-from identity_grpo.config import GrpoConfig
+from identity_grpo.config import DataConfig, GrpoConfig
 from identity_grpo.ema import ParameterEMA
 from identity_grpo.generator_factory import at_resolution, build_generator, without_guidance
 from identity_grpo.generators.base import Generator
@@ -123,14 +123,34 @@ def train_grpo(
         meta["eval_before"] = evaluate(run, step=0)
     started = time.perf_counter()
     meta = train_loop(run, meta)
-    train_seconds = time.perf_counter() - started
+    return wrap_up(run, meta, time.perf_counter() - started, finish)
+
+
+def wrap_up(run: Run, meta: dict, train_seconds: float, finish_fn: Callable[[Run, dict], None]) -> dict:
+    """After the last step (GRPO and IPRO alike): the final evaluation, metrics.json's summary,
+    `finish_fn` (save and publish), the before/after table; returns the summary."""
     after = evaluate(run, step=meta["step"]) if run.eval_records else None
     metrics = summarize(meta["step"], meta.get("eval_before"), after, meta.get("last_kl"), train_seconds)
-    finish(run, metrics)
+    finish_fn(run, metrics)
     run.accelerator.print(summary_table(metrics))
     run.logger.finish()
     run.accelerator.end_training()
     return metrics
+
+
+def load_prompts(data: DataConfig, accelerator: Accelerator,
+                 evaluate_fn: EvaluateFn | None) -> tuple[list[PromptRecord], list[PromptRecord], EvaluateFn | None]:
+    """Training and held-out prompt records; with the synthetic world enabled its manifests are
+    written first and its identity measure becomes the evaluation hook (unless one is given)."""
+    train_manifest, eval_manifest = data.train_manifest, data.eval_manifest
+    if data.world.enabled:
+        w = data.world
+        with accelerator.main_process_first():  # one process writes, the others read
+            train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
+        evaluate_fn = evaluate_fn or world_identity_metrics
+    train_records = load_prompt_manifest(train_manifest, data.check_files)
+    eval_records = load_prompt_manifest(eval_manifest, data.check_files) if eval_manifest else []
+    return train_records, eval_records, evaluate_fn
 
 
 def setup(cfg: GrpoConfig, generator: Generator | None, reward_fns, evaluate_fn: EvaluateFn | None) -> Run:
@@ -139,14 +159,7 @@ def setup(cfg: GrpoConfig, generator: Generator | None, reward_fns, evaluate_fn:
     accelerator = make_accelerator(cfg)
     cfg.validate_processes(accelerator.num_processes)
     set_seed(cfg.train.seed)  # before the LoRA is attached: its initial values follow the seed
-    train_manifest, eval_manifest = cfg.data.train_manifest, cfg.data.eval_manifest
-    if cfg.data.world.enabled:
-        w = cfg.data.world
-        with accelerator.main_process_first():  # one process writes, the others read
-            train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
-        evaluate_fn = evaluate_fn or world_identity_metrics
-    train_records = load_prompt_manifest(train_manifest, cfg.data.check_files)
-    eval_records = load_prompt_manifest(eval_manifest, cfg.data.check_files) if eval_manifest else []
+    train_records, eval_records, evaluate_fn = load_prompts(cfg.data, accelerator, evaluate_fn)
     if generator is None:
         generator = build_generator(cfg.generator, accelerator.device)
     rewards = WeightedRewards.from_config(cfg.rewards, accelerator.device, reward_fns)

@@ -30,11 +30,10 @@ from identity_grpo.ipro.config import IproConfig
 from identity_grpo.ipro.generators import build_ipro_generator, evaluation_view
 from identity_grpo.ipro.rollout import sample_last_steps
 from identity_grpo.lora import LoraCheckpoint, attach_lora, export_lora
-from identity_grpo.prompts import GroupSampler, PromptRecord, load_prompt_manifest, mix_seed, sampling_batches
+from identity_grpo.prompts import GroupSampler, PromptRecord, mix_seed, sampling_batches
 from identity_grpo.rewards import WeightedRewards
-from identity_grpo.run_summary import summarize, summary_table
-from identity_grpo.synthetic.world_data import world_identity_metrics, write_world_manifests
-from identity_grpo.trainer import EvalBatch, EvaluateFn, Run, evaluate, make_accelerator, save_checkpoint
+from identity_grpo.trainer import (EvalBatch, EvaluateFn, Run, evaluate, load_prompts, make_accelerator, save_checkpoint,
+                                   wrap_up)
 from identity_grpo.update import Policy, average_gradients
 from reward_model.checkpointing import load_training_state
 from reward_model.config_io import save_config, to_dict
@@ -74,14 +73,7 @@ def train_ipro(cfg: IproConfig, generator: Generator | None = None, face_reward:
         if (t.save_every and meta["step"] % t.save_every == 0) or meta["step"] == t.num_steps:
             save_checkpoint(run, meta)
     progress.close()
-    train_seconds = time.perf_counter() - started
-    after = evaluate(run, step=meta["step"]) if run.eval_records else None
-    metrics = summarize(meta["step"], meta.get("eval_before"), after, meta.get("last_kl"), train_seconds)
-    finish(run, metrics)
-    run.accelerator.print(summary_table(metrics))
-    run.logger.finish()
-    run.accelerator.end_training()
-    return metrics
+    return wrap_up(run, meta, time.perf_counter() - started, finish)
 
 
 def train_step(ipro: IproRun, step: int) -> dict[str, float]:
@@ -136,14 +128,7 @@ def setup(cfg: IproConfig, generator: Generator | None, face_reward: FaceReward 
     accelerator = make_accelerator(cfg)
     cfg.validate_processes(accelerator.num_processes)
     set_seed(cfg.train.seed)  # before the LoRA is attached: its initial values follow the seed
-    train_manifest, eval_manifest = cfg.data.train_manifest, cfg.data.eval_manifest
-    if cfg.data.world.enabled:
-        w = cfg.data.world
-        with accelerator.main_process_first():  # one process writes, the others read
-            train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
-        evaluate_fn = evaluate_fn or world_identity_metrics
-    train_records = load_prompt_manifest(train_manifest, cfg.data.check_files)
-    eval_records = load_prompt_manifest(eval_manifest, cfg.data.check_files) if eval_manifest else []
+    train_records, eval_records, evaluate_fn = load_prompts(cfg.data, accelerator, evaluate_fn)
     if generator is None:
         generator = build_ipro_generator(cfg.generator, accelerator.device)
     if face_reward is None:
