@@ -4,12 +4,12 @@
 """
 import sys
 
-from identity_grpo.config import GrpoConfig
-from reward_model.config_io import run_entry
+from identity_grpo.grpo.config import GrpoConfig
+from identity_grpo.core.config_io import run_entry
 
 
 def load_trainer():
-    from identity_grpo.trainer import train_grpo
+    from identity_grpo.grpo.recipe import train_grpo
 
     return train_grpo
 

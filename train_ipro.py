@@ -6,11 +6,11 @@ differentiable face-identity reward through the decoder and the last denoising s
 import sys
 
 from identity_grpo.ipro.config import IproConfig
-from reward_model.config_io import run_entry
+from identity_grpo.core.config_io import run_entry
 
 
 def load_trainer():
-    from identity_grpo.ipro.trainer import train_ipro
+    from identity_grpo.ipro.recipe import train_ipro
 
     return train_ipro
 

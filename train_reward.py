@@ -5,11 +5,11 @@
 import sys
 
 from reward_model.config import RewardConfig
-from reward_model.config_io import run_entry
+from identity_grpo.core.config_io import run_entry
 
 
 def load_trainer():
-    from reward_model.trainer import train_reward_model
+    from reward_model.recipe import train_reward_model
 
     return train_reward_model
 

@@ -17,7 +17,7 @@ launch train_reward.py --config configs/reward/synthetic.yaml
 launch train_grpo.py --config configs/grpo/synthetic_vace.yaml
 launch train_grpo.py --config configs/grpo/synthetic_phantom.yaml
 launch train_ipro.py --config configs/ipro/synthetic_vace.yaml
-"$PYTHON" -m identity_grpo.synthetic.compare runs/grpo_synthetic_vace runs/ipro_synthetic_vace runs/grpo_synthetic_phantom
+"$PYTHON" -m identity_grpo.report.compare runs/grpo_synthetic_vace runs/ipro_synthetic_vace runs/grpo_synthetic_phantom
 "$PYTHON" -m identity_grpo.report --config configs/grpo/synthetic_vace.yaml \
     --lora runs/grpo_synthetic_vace/final --name GRPO --lora runs/ipro_synthetic_vace/final --name IPRO \
     --out runs/report_synthetic

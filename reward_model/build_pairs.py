@@ -34,12 +34,12 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 from tqdm.auto import tqdm
 
-from reward_model.distortions import DISTORTIONS, apply_distortion
+from identity_grpo.world.distortions import DISTORTIONS, apply_distortion
 from reward_model.pairs import write_pairs
-from reward_model.synthetic.clips import sample_clip
-from reward_model.synthetic.identities import FACE_ATTRIBUTES, face_differences, look_alike, sample_identities
-from reward_model.synthetic.render import render_reference
-from reward_model.video import write_image, write_video
+from identity_grpo.world.clips import sample_clip
+from identity_grpo.world.identities import FACE_ATTRIBUTES, face_differences, look_alike, sample_identities
+from identity_grpo.world.render import render_reference
+from identity_grpo.core.video import write_image, write_video
 
 BUILD_VERSION = 2  # bump when the world or the pair recipe changes, so old builds are redone
 SPLITS = ("train", "val", "test")

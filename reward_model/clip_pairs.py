@@ -1,7 +1,7 @@
 """Distorted copies of one tracked clip, paired for preference training (the real-video recipe).
 
 The clip's people are given by their face boxes [T, P, 4]; the stage-1 operators in
-reward_model.distortions corrupt the clip inside those boxes. Pair types and severities follow
+identity_grpo.world.distortions corrupt the clip inside those boxes. Pair types and severities follow
 the synthetic builder (reward_model.build_pairs): clean vs distorted, and mild vs severe copies
 of one operator hitting the same people. Ties are left out: the synthetic builder makes them
 from two renderings of the same people, which one real clip does not give.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from reward_model.build_pairs import KINDS, MILD, MILD_SEVERE_SHARE, SEVERE_GAP, SEVERITY
-from reward_model.distortions import apply_distortion
+from identity_grpo.world.distortions import apply_distortion
 
 # Every other operator moves a face between two people, so a one-person clip gets only these.
 ONE_PERSON_KINDS = ("degrade",)
@@ -25,7 +25,7 @@ class ClipPair:
 
     better: np.ndarray | None  # [T, H, W, 3] uint8, or None: the clean clip itself
     worse: np.ndarray  # [T, H, W, 3] uint8 distorted copy
-    kind: str  # distortion kind (a key of reward_model.distortions.DISTORTIONS)
+    kind: str  # distortion kind (a key of identity_grpo.world.distortions.DISTORTIONS)
     severity: float  # of `worse`
     severity_other: float  # of `better` (0.0: clean)
 

@@ -5,7 +5,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from reward_model.config_io import ConfigError
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.core.sections import HubConfig, WandbConfig
 from reward_model.model import RewardModelConfig
 
 
@@ -67,20 +68,6 @@ class TrainConfig:
     save_every: int = 0  # optimizer steps; 0 = only at the end
     log_every: int = 10
     seed: int = 0
-
-
-@dataclass
-class HubConfig:
-    push: bool = False
-    repo_id: str = ""
-    private: bool = True
-
-
-@dataclass
-class WandbConfig:
-    project: str = "identity-grpo"
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    run_name: str = ""
 
 
 @dataclass

@@ -19,8 +19,8 @@ import numpy as np
 from scipy.ndimage import laplace
 from scipy.optimize import linear_sum_assignment
 
-from reward_model.distortions import box_region
-from reward_model.identity_metrics import (
+from identity_grpo.world.distortions import box_region
+from identity_grpo.faces.identity_metrics import (
     DEFAULT_LINK_IOU,
     DEFAULT_LINK_SIMILARITY,
     DEFAULT_MIN_SIMILARITY,

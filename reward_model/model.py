@@ -26,7 +26,7 @@ from tokenizers import AddedToken
 from torch import nn
 from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from reward_model.config_io import ConfigError, from_dict
+from identity_grpo.core.config_io import ConfigError, from_dict
 from reward_model.prompting import PromptTemplate, RewardBatch, RewardProcessor
 from reward_model.tiny import TinyBackboneConfig, build_word_tokenizer, tiny_qwen2_5_vl_config
 from reward_model.vision_inputs import VisionSpec

@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from reward_model.config import DataConfig
 from reward_model.pairs import load_pairs
-from reward_model.video import VideoReadError, read_image, read_video
+from identity_grpo.core.video import VideoReadError, read_image, read_video
 
 LABEL_TO_INDEX = {"a": 0, "b": 1, "tie": 2}
 logger = logging.getLogger(__name__)

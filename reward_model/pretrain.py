@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from reward_model.config_io import to_dict
+from identity_grpo.core.config_io import to_dict
 from reward_model.model import RewardModel, RewardModelConfig, build_reward_model
-from reward_model.synthetic import identities as world
-from reward_model.synthetic.clips import Clip, sample_clip
+from identity_grpo.world import identities as world
+from identity_grpo.world.clips import Clip, sample_clip
 from reward_model.prompting import RewardBatch, sample_frame_indices
-from reward_model.synthetic.identities import Identity, describe, sample_identities, vocabulary
-from reward_model.synthetic.render import render_reference
+from identity_grpo.world.identities import Identity, describe, sample_identities, vocabulary
+from identity_grpo.world.render import render_reference
 
 VERSION = 3  # bump when the task changes, so stale caches are not reused
 IGNORE = -100

@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 
 from reward_model.clip_pairs import make_clip_pairs
 from reward_model.face_tracks import DetectedFace, FaceTrack, people_tracks, sharpest_face, track_faces
-from reward_model.faces import FaceNotFound
-from reward_model.identity_metrics import DEFAULT_LINK_IOU, DEFAULT_LINK_SIMILARITY, match_faces
+from identity_grpo.faces.analyzer import FaceNotFound
+from identity_grpo.faces.identity_metrics import DEFAULT_LINK_IOU, DEFAULT_LINK_SIMILARITY, match_faces
 from reward_model.pairs import write_pairs
-from reward_model.video import VideoReadError, read_image, read_video, write_image, write_video
+from identity_grpo.core.video import VideoReadError, read_image, read_video, write_image, write_video
 
 VERSION = 1  # bump when the recipe changes, so that recorded clips are redone
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
@@ -45,7 +45,7 @@ MAX_PEOPLE = 4
 
 
 class FaceDetector(Protocol):
-    """What the builder needs of reward_model.faces.FaceAnalyzer."""
+    """What the builder needs of identity_grpo.faces.analyzer.FaceAnalyzer."""
 
     def detect(self, frames: np.ndarray) -> list[list[DetectedFace]]: ...  # uint8 [T, H, W, 3] -> faces per frame
 
@@ -207,7 +207,7 @@ def build_real_pairs(videos_dir: str | Path, out_dir: str | Path, detector: Face
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from reward_model.faces import FaceAnalyzer, FaceAnalyzerConfig
+    from identity_grpo.faces.analyzer import FaceAnalyzer, FaceAnalyzerConfig
 
     defaults = RealPairSettings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

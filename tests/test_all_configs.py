@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from reward_model.config import RewardConfig
-from reward_model.config_io import load_config
+from identity_grpo.core.config_io import load_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -13,7 +13,7 @@ def config_class(folder: str):
     if folder == "reward":
         return RewardConfig
     if folder == "grpo":
-        from identity_grpo.config import GrpoConfig
+        from identity_grpo.grpo.config import GrpoConfig
 
         return GrpoConfig
     if folder == "ipro":

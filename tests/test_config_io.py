@@ -3,7 +3,7 @@ from typing import Literal
 
 import pytest
 
-from reward_model.config_io import ConfigError, load_config, parse_cli, run_entry
+from identity_grpo.core.config_io import ConfigError, load_config, parse_cli, run_entry
 
 
 @dataclass

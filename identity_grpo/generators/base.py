@@ -1,6 +1,6 @@
 """The small protocol every generator adapter implements.
 
-The sampler loop (identity_grpo/sampling.py) and the GRPO update only talk to a generator
+The sampler loop (identity_grpo/finetune/sampling.py) and the GRPO update only talk to a generator
 through these methods, so VACE, Phantom and any later model share one training loop:
 
     conds = gen.encode_conditions(prompts, references)        # once per group, batched
@@ -76,3 +76,18 @@ class Generator(Protocol):
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
         """The sampling schedule: num_steps + 1 values from ~1 down to 0, float32."""
+
+    def with_options(self, **changes) -> "Generator":
+        """The same modules generating under changed options (resolution, guidance); no weight is copied."""
+
+    def without_guidance(self) -> "Generator":
+        """The same modules with classifier-free guidance off (one conditional branch per forward)."""
+
+    def modules(self) -> list[torch.nn.Module]:
+        """Every module it runs (to move them to a device)."""
+
+
+def at_resolution(generator: Generator, height: int = 0, width: int = 0, num_frames: int = 0) -> Generator:
+    """A view generating at another size; 0 keeps the current value."""
+    changes = {k: v for k, v in (("height", height), ("width", width), ("num_frames", num_frames)) if v}
+    return generator.with_options(**changes)

@@ -18,6 +18,7 @@ frames that are actually generated. The three branches run as one forward of bat
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -176,6 +177,20 @@ class PhantomGenerator:
         text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         return cls.from_components(transformer, vae, text_encoder, tokenizer, options, device)
+
+    def with_options(self, **changes) -> "PhantomGenerator":
+        """The same modules under changed options (e.g. the evaluation resolution); no weight is copied."""
+        if not changes:
+            return self
+        return PhantomGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer,
+                             dataclasses.replace(self.options, **changes))
+
+    def without_guidance(self) -> "PhantomGenerator":
+        """Classifier-free guidance off: one conditional branch per forward."""
+        return self.with_options(guidance_scale_img=1.0, guidance_scale_text=1.0)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.transformer, self.vae, self.text_encoder]
 
     @property
     def device(self) -> torch.device:

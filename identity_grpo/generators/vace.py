@@ -14,6 +14,7 @@ in reverse order).
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -128,6 +129,20 @@ class VaceGenerator:
         text_encoder = UMT5EncoderModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(path, subfolder="tokenizer")
         return cls.from_components(transformer, vae, text_encoder, tokenizer, options, device)
+
+    def with_options(self, **changes) -> "VaceGenerator":
+        """The same modules under changed options (e.g. the evaluation resolution); no weight is copied."""
+        if not changes:
+            return self
+        return VaceGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer,
+                             dataclasses.replace(self.options, **changes))
+
+    def without_guidance(self) -> "VaceGenerator":
+        """Classifier-free guidance off: one conditional branch per forward."""
+        return self.with_options(guidance_scale=1.0)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [self.transformer, self.vae, self.text_encoder]
 
     @property
     def device(self) -> torch.device:

@@ -190,9 +190,19 @@ class I2vGenerator:
 
     def with_options(self, **changes) -> "I2vGenerator":
         """The same modules under changed options (e.g. the evaluation resolution); no weight is copied."""
+        if not changes:
+            return self
         options = dataclasses.replace(self.options, **changes)
         return I2vGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer, options,
                             self.image_encoder, self.transformer_2)
+
+    def without_guidance(self) -> "I2vGenerator":
+        """Classifier-free guidance off: one conditional branch per forward."""
+        return self.with_options(guidance_scale=1.0)
+
+    def modules(self) -> list[torch.nn.Module]:
+        return [m for m in (self.transformer, self.transformer_2, self.vae, self.text_encoder, self.image_encoder)
+                if m is not None]
 
     @property
     def device(self) -> torch.device:

@@ -1,7 +1,7 @@
 """IPRO's reward-gradient pieces (arXiv 2510.14255): a differentiable ArcFace recognizer, crops that
 pass gradients to the pixels, and the multi-person face-pool identity reward."""
-from identity_grpo.ipro.face_crop import align_faces, crop_faces
-from identity_grpo.ipro.identity_reward import (
+from identity_grpo.faces.crop import align_faces, crop_faces
+from identity_grpo.faces.pool_reward import (
     Detections,
     FaceLocations,
     FacePool,
@@ -11,7 +11,7 @@ from identity_grpo.ipro.identity_reward import (
     pool_reward,
     pools_from_videos,
 )
-from identity_grpo.ipro.iresnet import ARCHITECTURES, TINY, IResNet, IResNetConfig, load_arcface
+from identity_grpo.faces.iresnet import ARCHITECTURES, TINY, IResNet, IResNetConfig, load_arcface
 
 __all__ = [
     "ARCHITECTURES",

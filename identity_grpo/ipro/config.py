@@ -4,7 +4,7 @@
     cfg.validate_inputs()                               # the files it names exist
     cfg.validate_processes(accelerator.num_processes)  # once the launch is known
 
-Generator, LoRA, data, hub and wandb sections are GRPO's (identity_grpo/config.py); the generator
+Generator, LoRA, data, hub and wandb sections are GRPO's (identity_grpo/finetune/config.py); the generator
 section also takes `kind: i2v` (Wan image-to-video, options under `generator.i2v`). Sampling and
 training are IPRO's own: an Euler ODE from noise, gradients through the last `train.last_steps`
 steps, loss = reward_weight * (-face reward) + kl_weight * KL (the paper's 0.1 and 1.0), Adam.
@@ -16,36 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from identity_grpo.config import (
-    DataConfig,
-    GeneratorConfig,
-    LoraSettings,
-    RewardSpec,
-    _require_local,
-    _validate_lora,
-    _validate_rewards,
-    _validate_world,
-    check_generator_inputs,
-    check_manifest_inputs,
-    check_reward_inputs,
-    validate_generator,
-)
-from identity_grpo.generators.wan_i2v import I2vOptions
-from identity_grpo.ipro.world_faces import WorldFaceSettings
-from identity_grpo.sde import NoiseSchedule
-from reward_model.config import HubConfig, WandbConfig
-from reward_model.config_io import ConfigError
-from reward_model.faces import FaceAnalyzerConfig
-
-
-@dataclass
-class IproGeneratorConfig(GeneratorConfig):
-    kind: Literal["vace", "phantom", "i2v"] = "vace"
-    i2v: I2vOptions = field(default_factory=I2vOptions)
-
-    @property
-    def options(self):
-        return self.i2v if self.kind == "i2v" else super().options
+from identity_grpo.core.config_io import ConfigError, check_options, require_local
+from identity_grpo.core.sections import HubConfig, WandbConfig
+from identity_grpo.faces.analyzer import FaceAnalyzerConfig
+from identity_grpo.finetune.config import DataConfig, LoraSettings, check_manifest_inputs, validate_lora, validate_world
+from identity_grpo.finetune.sde import NoiseSchedule
+from identity_grpo.generators.config import GeneratorConfig
+from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
+from identity_grpo.rewards.spec import RewardSpec
+from identity_grpo.world.face_models import WorldFaceSettings
 
 
 @dataclass
@@ -109,7 +88,7 @@ class IproTrainSettings:
 @dataclass
 class IproConfig:
     output_dir: str = "runs/ipro"
-    generator: IproGeneratorConfig = field(default_factory=IproGeneratorConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sampling: IproSampling = field(default_factory=IproSampling)
     lora: LoraSettings = field(default_factory=LoraSettings)
     face_reward: FaceRewardConfig = field(default_factory=FaceRewardConfig)
@@ -122,24 +101,18 @@ class IproConfig:
 
     def validate(self) -> None:
         g, s, t = self.generator, self.sampling, self.train
-        validate_generator(g)
-        if g.kind == "i2v" and g.pretrained == "toy":
-            raise ConfigError("generator.pretrained: the synthetic world has no toy i2v generator (use vace or phantom)")
+        g.validate()
         if s.train_steps < 1 or s.eval_steps < 1:
             raise ConfigError("sampling.train_steps and sampling.eval_steps must be >= 1")
         if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
             raise ConfigError("sampling.eval_height/eval_width/eval_num_frames/grid_prompts must be >= 0, "
                               "eval_batch_size >= 1")
-        try:
-            s.eval_noise.validate()
-        except ValueError as error:
-            raise ConfigError(f"sampling.eval_noise: {error}") from None
-        _validate_lora(self.lora)
+        check_options("sampling.eval_noise", s.eval_noise)
+        validate_lora(self.lora)
         _validate_train(t, s)
         _validate_face_reward(self.face_reward)
-        if self.eval_rewards:
-            _validate_rewards(self.eval_rewards)
-        _validate_world(self.data)
+        validate_reward_specs(self.eval_rewards, "eval_rewards")
+        validate_world(self.data)
         self.validate_processes(1)
         if self.hub.push and not self.hub.repo_id:
             raise ConfigError("hub.push is set but hub.repo_id is empty")
@@ -148,12 +121,12 @@ class IproConfig:
                         eval_rewards_given: bool = False) -> None:
         """Required inputs are given and every local path exists; parts handed to the trainer need none."""
         if not generator_given:
-            check_generator_inputs(self.generator)
+            self.generator.check_inputs()
         if self.face_reward.kind == "arcface" and not face_reward_given:
             a = self.face_reward.arcface
             if not a.recognizer:
                 raise ConfigError("face_reward.arcface.recognizer: required (an arcface_torch backbone .pth)")
-            _require_local(a.recognizer, "face_reward.arcface.recognizer", "file")
+            require_local(a.recognizer, "face_reward.arcface.recognizer", "file")
         if not eval_rewards_given:
             check_reward_inputs(self.eval_rewards, "eval_rewards")
         d = self.data
@@ -194,10 +167,7 @@ def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
 
 def _validate_face_reward(f: FaceRewardConfig) -> None:
     if f.kind == "world":
-        try:
-            f.world.validate()
-        except ValueError as error:
-            raise ConfigError(f"face_reward.world: {error}") from None
+        check_options("face_reward.world", f.world)
         return
     a = f.arcface
     try:

@@ -1,74 +1,102 @@
-"""The reward IPRO backpropagates: each person's generated face against a pool of their faces.
+"""IPRO's face reward on real videos: insightface's detector finds faces and their five landmarks
+(no gradient), a PyTorch ArcFace (iresnet, public arcface_torch weights) embeds ArcFace-aligned
+crops with gradients, and each prompt's pool comes from the files its manifest row lists under
+`pool_paths` (per person: the ground-truth video, or several photos), read by GRPO's FacePools.
 
-    reward = DifferentiableFaceReward(recognizer, locate, pool_of)(videos, records)   # [B], with grad
-
-1. where (no gradient): `locate` finds faces in every frame (a detector: boxes, maybe landmarks);
-2. who (no gradient): each frame's faces are matched to the prompt's people by the recognizer's
-   cosine to each person's mean pool embedding (Hungarian, identity_reward.assign_detections);
-3. how well (gradient): every matched face is cropped / aligned with grid_sample, embedded by the
-   frozen recognizer, and scored by its mean cosine to its person's pool (identity_reward).
-
-`pool_of(record)` gives a prompt's pool (one FacePool, people in reference order); pools are
-built once per prompt and kept. The synthetic world and real data differ only in the locator and
-the pool source (ipro/world_faces.py, ipro/arcface_reward.py).
+Pools and generated faces must live in one embedding space, so FacePools is handed
+`RecognizerFaces`: insightface's detections with their embeddings replaced by the iresnet's.
+(insightface's own ONNX recognizer still runs inside FaceAnalyzer.detect; its output is unused.)
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
+import numpy as np
 import torch
 
-from identity_grpo.ipro.identity_reward import Detections, FacePool, assign_detections, identity_reward
-from identity_grpo.ipro.iresnet import IResNet
-from identity_grpo.prompts import PromptRecord
-
-# frames [N, 3, H, W] in [0, 1] (no gradient), max faces per frame -> one Detections per frame
-FaceLocator = Callable[[torch.Tensor, int], list[Detections]]
-PoolSource = Callable[[PromptRecord], FacePool]
-
-
-def record_key(record: PromptRecord) -> tuple:
-    """What identifies a prompt's people: its text, reference files and manifest fields."""
-    return record.prompt, tuple(str(p) for p in record.references), repr(sorted(record.extra.items()))
+from identity_grpo.faces.pool_files import FacePools
+from identity_grpo.ipro.config import ArcFaceRewardSettings
+from identity_grpo.faces.crop import align_faces
+from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
+from identity_grpo.faces.pool_reward import Detections, FacePool
+from identity_grpo.faces.iresnet import IResNet, load_arcface
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.faces.analyzer import Face, FaceAnalyzer, FaceNotFound
 
 
-class DifferentiableFaceReward:
-    def __init__(self, recognizer: IResNet, locate: FaceLocator, pool_of: PoolSource, margin: float = 0.0,
-                 min_similarity: float = -1.0, extra_faces: int = 1) -> None:
-        self.recognizer = recognizer.eval().requires_grad_(False)
-        self.locate = locate
-        self.pool_of = pool_of
-        self.margin = margin  # crop margin (box crops only), as the recognizer was trained
-        self.min_similarity = min_similarity  # below it a face is nobody; -1: every found face is someone
-        self.extra_faces = extra_faces  # faces kept per frame beyond the prompt's people (a stranger competes)
-        self._pools: dict[tuple, FacePool] = {}
+class RecognizerFaces:
+    """identity_grpo.faces.analyzer.FaceAnalyzer's detections, embedded by a PyTorch ArcFace."""
 
-    def pools(self, records: Sequence[PromptRecord]) -> list[FacePool]:
-        pools = []
-        for record in records:
-            key = record_key(record)
-            if key not in self._pools:
-                pool = self.pool_of(record)
-                if pool.num_people != len(record.references):
-                    raise ValueError(f"face reward: prompt {record.prompt[:40]!r}... has {len(record.references)} "
-                                     f"references but a pool of {pool.num_people} people")
-                self._pools[key] = pool
-            pools.append(self._pools[key])
-        return pools
+    def __init__(self, analyzer: FaceAnalyzer, recognizer: IResNet) -> None:
+        self.analyzer = analyzer
+        self.recognizer = recognizer
+        self.embedding_dim = recognizer.config.embedding_dim
 
-    def __call__(self, videos: torch.Tensor, records: Sequence[PromptRecord]) -> torch.Tensor:
-        """videos [B, T, H, W, 3] in [0, 1] (the generators' decode output) -> reward [B], float32,
-        differentiable with respect to the videos."""
-        if videos.ndim != 5 or videos.shape[-1] != 3 or len(records) != len(videos):
-            raise ValueError(f"face reward: videos must be [B, T, H, W, 3] with one record each, got "
-                             f"{tuple(videos.shape)} and {len(records)} records")
-        frames = videos.permute(0, 1, 4, 2, 3)  # [B, T, 3, H, W]
-        pools = self.pools(records)
-        batch, length = frames.shape[:2]
-        with torch.no_grad():
-            most = max(pool.num_people for pool in pools) + self.extra_faces
-            found = self.locate(frames.detach().flatten(0, 1).clamp(0, 1), most)
-            per_video = [found[b * length : (b + 1) * length] for b in range(batch)]
-            locations = assign_detections(self.recognizer, frames.detach(), per_video, pools,
-                                          self.min_similarity, self.margin)
-        return identity_reward(self.recognizer, frames, locations, pools, self.margin)
+    @torch.no_grad()
+    def detect(self, frames: np.ndarray) -> list[list[Face]]:
+        """uint8 [T, H, W, 3] RGB -> per frame its faces, embeddings from the iresnet."""
+        found = self.analyzer.detect(frames)
+        faces = [(t, face) for t, per_frame in enumerate(found) for face in per_frame]
+        if not faces:
+            return found
+        embeddings = self.embed(frames, [t for t, _ in faces], np.stack([f.landmarks for _, f in faces]))
+        for (_, face), embedding in zip(faces, embeddings):
+            face.embedding = embedding
+        return found
+
+    def embed(self, frames: np.ndarray, which: Sequence[int], landmarks: np.ndarray) -> np.ndarray:
+        """Faces of frames[which[i]] at landmarks [N, 5, 2] -> [N, D] unit embeddings."""
+        device = next(self.recognizer.parameters()).device
+        pixels = torch.from_numpy(np.ascontiguousarray(frames[list(which)])).to(device).permute(0, 3, 1, 2).float() / 255
+        crops = align_faces(pixels, torch.from_numpy(landmarks).to(device), self.recognizer.input_size)
+        return self.recognizer.embed(crops).cpu().numpy()
+
+    def embed_references(self, images: Sequence[np.ndarray], prompt: str) -> np.ndarray:
+        """One reference image per person -> [P, D], the largest face of each."""
+        embeddings = []
+        for index, image in enumerate(images):
+            faces = self.analyzer.detect(image[None])[0]
+            if not faces:
+                raise FaceNotFound(f"face reward: prompt {prompt[:40]!r}...: no face in reference {index}")
+            largest = max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+            embeddings.append(self.embed(image[None], [0], largest.landmarks[None])[0])
+        return np.stack(embeddings)
+
+
+def detections(analyzer: FaceAnalyzer, frames: torch.Tensor, max_faces: int) -> list[Detections]:
+    """frames [N, 3, H, W] in [0, 1] -> per frame the max_faces most confident faces, with landmarks."""
+    pixels = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    found = []
+    for per_frame in analyzer.detect(pixels):
+        kept = sorted(per_frame, key=lambda f: -f.score)[:max_faces]
+        boxes = torch.tensor(np.array([f.box for f in kept], dtype=np.float32).reshape(-1, 4))
+        landmarks = torch.tensor(np.array([f.landmarks for f in kept], dtype=np.float32).reshape(-1, 5, 2))
+        found.append(Detections(boxes, landmarks))
+    return found
+
+
+def pool_from_manifest(faces: RecognizerFaces, pools: FacePools, record: PromptRecord, min_similarity: float) -> FacePool:
+    """Each person's faces in the files of the row's `pool_paths`, matched against the references."""
+    if "pool_paths" not in record.extra:
+        raise ValueError(f"face reward: prompt {record.prompt[:40]!r}... has no 'pool_paths': IPRO scores faces "
+                         "against a pool of each person's faces (ground-truth video frames or several photos); "
+                         "with a single reference the reward is hacked")
+    references = faces.embed_references(record.load_references(), record.prompt)
+    try:
+        per_person = pools.pools(record.extra["pool_paths"], references, min_similarity)
+    except ValueError as error:
+        raise ValueError(f"face reward: prompt {record.prompt[:40]!r}...: {error}") from None
+    return FacePool([torch.from_numpy(p).float() for p in per_person])
+
+
+def arcface_face_reward(settings: ArcFaceRewardSettings, device: torch.device | str = "cpu") -> DifferentiableFaceReward:
+    recognizer = load_arcface(settings.recognizer, settings.arch).to(device)
+    analyzer = FaceAnalyzer(settings.faces)
+    faces = RecognizerFaces(analyzer, recognizer)
+    pools = FacePools(faces, settings.pool_frames, settings.pool_root)
+    return DifferentiableFaceReward(
+        recognizer,
+        lambda frames, max_faces: detections(analyzer, frames, max_faces),
+        lambda record: pool_from_manifest(faces, pools, record, settings.min_similarity),
+        min_similarity=settings.min_similarity,
+    )

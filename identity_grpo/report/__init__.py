@@ -14,13 +14,13 @@ lora_files.py (loading an exported LoRA), evaluate.py (the base, then each LoRA)
 (means, win rates), tables.py (CSV and markdown), plots.py, grid.py (sample grids), markdown.py
 (report.md), folder.py (the report folder), pipeline.py (all of it from a GRPO config).
 """
-from identity_grpo.report.evaluate import evaluate_models
+from identity_grpo.report.model_samples import evaluate_models
 from identity_grpo.report.folder import write_report
 from identity_grpo.report.markdown import ReportSetup
 from identity_grpo.report.pipeline import run_report, setup_from_config
 from identity_grpo.report.results import ModelResult, SampleKey
 from identity_grpo.report.scorers import Scorers
-from identity_grpo.report.summary import summarize, win_rate
+from identity_grpo.report.statistics import summarize, win_rate
 
 __all__ = ["ModelResult", "ReportSetup", "SampleKey", "Scorers", "evaluate_models", "run_report", "setup_from_config",
            "summarize", "win_rate", "write_report"]

@@ -10,10 +10,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from identity_grpo.config import GrpoConfig
+from identity_grpo.grpo.config import GrpoConfig
 from identity_grpo.report.pipeline import run_report
-from reward_model.config_io import load_config
-from reward_model.faces import FaceAnalyzerConfig
+from identity_grpo.core.config_io import load_config
+from identity_grpo.faces.analyzer import FaceAnalyzerConfig
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:

@@ -1,14 +1,14 @@
-"""Face metrics of generated clips: insightface detection + ArcFace embeddings (reward_model.faces),
-matched to the reference people frame by frame (reward_model.identity_metrics)."""
+"""Face metrics of generated clips: insightface detection + ArcFace embeddings (identity_grpo.faces.analyzer),
+matched to the reference people frame by frame (identity_grpo.faces.identity_metrics)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 
-from identity_grpo.prompts import PromptRecord
-from reward_model.faces import FaceAnalyzer, FaceNotFound, stack_faces
-from reward_model.identity_metrics import identity_metrics
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.faces.analyzer import FaceAnalyzer, FaceNotFound, stack_faces
+from identity_grpo.faces.identity_metrics import identity_metrics
 
 FACE_METRICS = ("face_similarity", "face_worst", "face_swaps", "face_missing")
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from identity_grpo.prompts import PromptRecord
-from identity_grpo.report.grid import GridRow, build_grid, write_grid
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.core.video_grid import GridRow, build_grid, write_grid
 from identity_grpo.report.markdown import ReportFiles, ReportSetup, render_markdown
 from identity_grpo.report.plots import plot_curves, plot_paired_scores, plot_person_histograms
 from identity_grpo.report.results import ModelResult
-from identity_grpo.report.summary import summarize
+from identity_grpo.report.statistics import summarize
 from identity_grpo.report.tables import display_labels, write_metrics_csv, write_per_sample_csv
 
 GRID_FPS = 6.0  # the world's clips are 9 frames: slow enough to follow each person

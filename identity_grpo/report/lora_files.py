@@ -14,7 +14,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
-from identity_grpo.lora import LORA_WEIGHTS_FILE
+from identity_grpo.finetune.lora import LORA_WEIGHTS_FILE
 
 PREFIX = "transformer"  # what export_lora (diffusers' save_lora_weights) puts before every key
 ADAPTER = "report"  # an adapter name that no training code uses
@@ -26,7 +26,7 @@ def lora_weights_file(path: str | Path) -> Path:
     file = path / LORA_WEIGHTS_FILE if path.is_dir() else path
     if not file.is_file():
         where = f"{path} has no {LORA_WEIGHTS_FILE}" if path.is_dir() else f"{path} not found"
-        raise FileNotFoundError(f"LoRA checkpoint: {where} (expected a folder written by identity_grpo.lora.export_lora)")
+        raise FileNotFoundError(f"LoRA checkpoint: {where} (expected a folder written by identity_grpo.finetune.lora.export_lora)")
     return file
 
 

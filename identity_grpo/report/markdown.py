@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from identity_grpo.prompts import PromptRecord
-from identity_grpo.report.summary import ModelSummary
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.report.statistics import ModelSummary
 from identity_grpo.report.tables import markdown_metrics_table, markdown_person_table
 from identity_grpo.report.plots import PERSON_MEASURES
 

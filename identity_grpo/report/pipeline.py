@@ -10,18 +10,20 @@ from typing import Mapping, Sequence
 
 import torch
 
-from identity_grpo.config import TOY, GrpoConfig
-from identity_grpo.generator_factory import build_generator
+from identity_grpo.generators.config import TOY
+
+from identity_grpo.grpo.config import GrpoConfig
+from identity_grpo.generators.factory import build_generator
 from identity_grpo.generators.base import Generator
-from identity_grpo.prompts import load_prompt_manifest
-from identity_grpo.report.evaluate import evaluate_models, name_loras
+from identity_grpo.core.prompt_manifest import load_prompt_manifest
+from identity_grpo.report.model_samples import evaluate_models, name_loras
 from identity_grpo.report.folder import write_report
 from identity_grpo.report.markdown import ReportSetup
 from identity_grpo.report.scorers import Scorers
-from identity_grpo.rewards import RewardFn
-from identity_grpo.synthetic.world_data import write_world_manifests
-from reward_model.faces import FaceAnalyzerConfig
-from reward_model.tracking import read_log
+from identity_grpo.rewards.registry import RewardFn
+from identity_grpo.world.prompt_manifests import write_world_manifests
+from identity_grpo.faces.analyzer import FaceAnalyzerConfig
+from identity_grpo.core.tracking import read_log
 
 
 def eval_manifest(cfg: GrpoConfig) -> str:

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from identity_grpo.report.results import ModelResult
-from identity_grpo.report.summary import ModelSummary, win_rate
+from identity_grpo.report.statistics import ModelSummary, win_rate
 from identity_grpo.report.tables import metric_label
 
 REWARD_KEYS = ("reward/mean", "train/reward")  # GRPO's group rewards, IPRO's face reward: the first one a log has is drawn

@@ -15,11 +15,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from identity_grpo.config import SamplingConfig
+from identity_grpo.grpo.config import SamplingConfig
 from identity_grpo.generators.base import Generator
-from identity_grpo.prompts import PromptRecord, SampleSlot, mix_seed, sampling_batches
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.finetune.batches import SampleSlot, sampling_batches
+from identity_grpo.core.seeds import mix_seed
 from identity_grpo.report.results import BatchScores, ModelResult, SampleKey
-from identity_grpo.sampling import sample_with_log_probs
+from identity_grpo.finetune.sampling import sample_with_log_probs
 
 ScoreFn = Callable[[torch.Tensor, Sequence[PromptRecord], Sequence[Sequence[np.ndarray]]], BatchScores]
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}

@@ -8,14 +8,14 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from identity_grpo.config import GrpoConfig
-from identity_grpo.prompts import PromptRecord
+from identity_grpo.grpo.config import GrpoConfig
+from identity_grpo.core.prompt_manifest import PromptRecord
 from identity_grpo.report.face_scores import FaceScorer
 from identity_grpo.report.results import BatchScores
 from identity_grpo.report.samples import to_uint8
-from identity_grpo.rewards import RewardFn, WeightedRewards
-from identity_grpo.synthetic.world_data import per_person_scores, world_identity_scores
-from reward_model.faces import FaceAnalyzer, FaceAnalyzerConfig
+from identity_grpo.rewards.registry import RewardFn, WeightedRewards
+from identity_grpo.world.prompt_manifests import per_person_scores, world_identity_scores
+from identity_grpo.faces.analyzer import FaceAnalyzer, FaceAnalyzerConfig
 
 
 def has_world_identities(records: Sequence[PromptRecord], manifest: str = "the evaluation manifest") -> bool:

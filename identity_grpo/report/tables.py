@@ -8,9 +8,9 @@ from typing import Sequence
 
 import numpy as np
 
-from identity_grpo.prompts import PromptRecord
+from identity_grpo.core.prompt_manifest import PromptRecord
 from identity_grpo.report.results import LOWER_IS_BETTER, ModelResult
-from identity_grpo.report.summary import ModelSummary
+from identity_grpo.report.statistics import ModelSummary
 
 _LABELS = {
     "reward": "total reward (weighted sum of the rewards)",

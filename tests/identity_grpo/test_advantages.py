@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from identity_grpo.advantages import gather_for_advantages, group_advantages
+from identity_grpo.grpo.advantages import gather_for_advantages, group_advantages
 
 # Three groups of two: (1, 3) mean 2 std 1; (2, 2) mean 2 std 0; (0, 4) mean 2 std 2.
 REWARDS = torch.tensor([1.0, 3.0, 2.0, 2.0, 0.0, 4.0])

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from face_models_support import expected_box, expected_landmarks, paint_faces, recognizer_weight, write_pack
-from identity_grpo.face_pools import FacePools
-from identity_grpo.ipro.arcface_reward import RecognizerFaces, detections, pool_from_manifest
-from identity_grpo.ipro.face_crop import align_faces
-from identity_grpo.ipro.face_reward import DifferentiableFaceReward
-from identity_grpo.ipro.iresnet import IResNet, IResNetConfig
-from identity_grpo.prompts import PromptRecord
-from reward_model.faces import FaceAnalyzer, FaceAnalyzerConfig
-from reward_model.video import write_image
+from identity_grpo.faces.pool_files import FacePools
+from identity_grpo.ipro.face_reward import RecognizerFaces, detections, pool_from_manifest
+from identity_grpo.faces.crop import align_faces
+from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
+from identity_grpo.faces.iresnet import IResNet, IResNetConfig
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.faces.analyzer import FaceAnalyzer, FaceAnalyzerConfig
+from identity_grpo.core.video import write_image
 
 RED, BLUE = (230, 40, 40), (40, 40, 230)  # green below mid-grey: boxes are exactly the cells
 

@@ -1,6 +1,6 @@
 import pytest
 
-from identity_grpo.cache_folders import is_complete, publish, scratch_folder, settings_hash
+from identity_grpo.core.cache_folders import is_complete, publish, scratch_folder, settings_hash
 
 
 def test_settings_hash_ignores_key_order_and_sees_every_value():

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from identity_grpo.ipro.face_crop import ARCFACE_TEMPLATE_112, align_faces, crop_faces, similarity_transform
+from identity_grpo.faces.crop import ARCFACE_TEMPLATE_112, align_faces, crop_faces, similarity_transform
 
 
 def frames_of(seed: int, n: int = 2, height: int = 64, width: int = 64) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Face-similarity rewards (identity_grpo/face_reward.py, face_pools.py) on hand-worked embeddings.
+"""Face-similarity rewards (identity_grpo/rewards/face_similarity.py, face_pools.py) on hand-worked embeddings.
 
 Most tests use a face analyzer stand-in whose faces the test dictates: a frame's first pixel
 (in steps of 20 grey levels) is a code naming the faces it shows, each a known embedding, so
@@ -12,15 +12,15 @@ import pytest
 import torch
 
 from face_models_support import paint_faces, recognizer_weight, write_pack
-from identity_grpo.config import RewardSpec
-from identity_grpo.face_pools import FacePools
-from identity_grpo.face_reward import FacePoolReward, FaceSimilarityReward
-from identity_grpo.prompts import PromptRecord
-from identity_grpo.rewards import WeightedRewards, register_reward
-from reward_model.config_io import ConfigError
-from reward_model.faces import Face, FaceModelsMissing, FaceNotFound
-from reward_model.identity_metrics import pool_similarity
-from reward_model.video import write_image, write_video
+from identity_grpo.rewards.spec import RewardSpec
+from identity_grpo.faces.pool_files import FacePools
+from identity_grpo.rewards.face_similarity import FacePoolReward, FaceSimilarityReward
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.rewards.registry import WeightedRewards, register_reward
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.faces.analyzer import Face, FaceModelsMissing, FaceNotFound
+from identity_grpo.faces.identity_metrics import pool_similarity
+from identity_grpo.core.video import write_image, write_video
 
 A, B = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # the two reference people
 F1, F2, F3 = [0.8, 0.6, 0.0], [0.0, 0.6, 0.8], [0.6, 0.8, 0.0]

@@ -4,8 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from identity_grpo.config import GrpoConfig, is_hub_id
-from reward_model.config_io import ConfigError, load_config
+from identity_grpo.grpo.config import GrpoConfig
+
+from identity_grpo.generators.config import is_hub_id
+from identity_grpo.core.config_io import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,7 +85,10 @@ def test_group_batch_that_does_not_split_names_the_fields(inputs):
     ("rewards=[{name: reward_model, weight: 0.0, path: PATH}]", r"rewards\[0\]\.weight must be > 0"),
     ("rewards=[{name: reward_model, weight: 1.0}]", r"rewards\[0\]\.path: required"),
     ("rewards=[{name: reward_model, path: /nonexistent/rm}]", r"rewards\[0\]\.path: folder not found: /nonexistent/rm"),
-    ("rewards=[{name: a}, {name: a}]", r"rewards\[1\]\.name: 'a' appears twice"),
+    ("rewards=[{name: world_face_similarity}, {name: world_face_similarity}]",
+     r"rewards\[1\]\.name: 'world_face_similarity' appears twice"),
+    ("rewards=[{name: nope}]", r"rewards\[0\]\.name: unknown reward 'nope'"),
+    ("rewards=[{name: reward_model, path: PATH, options: {colour: red}}]", r"rewards\[0\]\.options\.colour: unknown option"),
     ("rewards=[]", r"rewards: at least one"),
     ("data.train_manifest=/nonexistent/train.jsonl", r"data\.train_manifest: file not found"),
     ("data.eval_manifest=''", r"train\.eval_every is set but data\.eval_manifest is empty"),

@@ -12,18 +12,19 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from identity_grpo.config import GrpoConfig, TrainSettings
-from identity_grpo.generator_factory import at_resolution, build_generator, without_guidance
+from identity_grpo.grpo.config import GrpoConfig, TrainSettings
+from identity_grpo.generators.base import at_resolution
+from identity_grpo.generators.factory import build_generator
 from identity_grpo.generators.base import Conditions
-from identity_grpo.lora import attach_lora, lora_state_dict
-from identity_grpo.rewards import register_reward
-from identity_grpo.rollout import Rollout
-from identity_grpo.sampling import sample_with_log_probs
-from identity_grpo.sde import NoiseSchedule
-from identity_grpo.sde_window import WindowedNoiseSchedule
-from identity_grpo.trainer import train_grpo
-from identity_grpo.update import Policy, micro_batches, optimizer_step
-from reward_model.config_io import load_config
+from identity_grpo.finetune.lora import attach_lora, lora_state_dict
+from identity_grpo.rewards.registry import register_reward
+from identity_grpo.finetune.rollout import Rollout
+from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sde import NoiseSchedule
+from identity_grpo.grpo.sde_window import WindowedNoiseSchedule
+from identity_grpo.grpo.recipe import train_grpo
+from identity_grpo.grpo.update import Policy, micro_batches, optimizer_step
+from identity_grpo.core.config_io import load_config
 
 
 @register_reward("smoke_brightness")
@@ -76,7 +77,7 @@ def test_two_steps_train_every_lora_parameter_and_nothing_else(data, tmp_path, k
     cfg = make_config(data, tmp_path / "run", kind, f"train.updates_per_epoch={updates}",
                       "hub.push=true", "hub.repo_id=someone/identity-grpo-lora")
     pushed = []
-    monkeypatch.setattr("identity_grpo.trainer.push_folder", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
+    monkeypatch.setattr("identity_grpo.grpo.recipe.push_folder", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
     gen = build_generator(cfg.generator)
     before = frozen_state(gen)
     # The trainer seeds, then attaches the LoRA: the same on a copy gives the initial adapter.
@@ -243,10 +244,10 @@ def test_factory_loads_a_saved_folder_and_views_share_the_weights(data, tmp_path
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
     bigger = at_resolution(tiny, height=48, num_frames=9)
-    unguided = without_guidance(tiny)
+    unguided = tiny.without_guidance()
     assert bigger.transformer is tiny.transformer and unguided.vae is tiny.vae
     assert (bigger.options.height, bigger.options.width, bigger.options.num_frames) == (48, 32, 9)
     assert unguided.options.guidance_scale == 1.0 and tiny.options.guidance_scale == 3.0
     assert at_resolution(tiny) is tiny
-    phantom = without_guidance(build_generator(make_config(data, tmp_path / "unused", "phantom").generator))
+    phantom = build_generator(make_config(data, tmp_path / "unused", "phantom").generator).without_guidance()
     assert (phantom.options.guidance_scale_img, phantom.options.guidance_scale_text) == (1.0, 1.0)

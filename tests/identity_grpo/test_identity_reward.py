@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from identity_grpo.ipro.face_crop import crop_faces
-from identity_grpo.ipro.identity_reward import (
+from identity_grpo.faces.crop import crop_faces
+from identity_grpo.faces.pool_reward import (
     Detections,
     FaceLocations,
     FacePool,
@@ -17,8 +17,8 @@ from identity_grpo.ipro.identity_reward import (
     pool_reward,
     pools_from_videos,
 )
-from identity_grpo.ipro.iresnet import TINY, IResNet
-from reward_model.identity_metrics import pool_similarity
+from identity_grpo.faces.iresnet import TINY, IResNet
+from identity_grpo.faces.identity_metrics import pool_similarity
 
 FACE = 16  # face side in pixels in the drawn clips
 

@@ -8,19 +8,20 @@ import PIL.Image
 import pytest
 import torch
 
-from identity_grpo.config import LoraSettings
+from identity_grpo.finetune.config import LoraSettings
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.tiny import tiny_vace_generator
 from identity_grpo.generators.vace import VaceOptions
 from identity_grpo.ipro.config import IproConfig
-from identity_grpo.ipro.face_reward import DifferentiableFaceReward
-from identity_grpo.ipro.generators import build_ipro_generator
-from identity_grpo.ipro.identity_reward import Detections, FacePool
-from identity_grpo.ipro.iresnet import TINY, IResNet
-from identity_grpo.ipro.rollout import euler_step, sample_last_steps, velocity_gap
-from identity_grpo.ipro.trainer import decode, setup, train_ipro, train_step
-from identity_grpo.lora import attach_lora, lora_parameters, lora_state_dict
-from reward_model.config_io import load_config
+from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
+from identity_grpo.generators.factory import build_generator
+from identity_grpo.rewards.registry import register_reward
+from identity_grpo.faces.pool_reward import Detections, FacePool
+from identity_grpo.faces.iresnet import TINY, IResNet
+from identity_grpo.ipro.last_steps import euler_step, sample_last_steps, velocity_gap
+from identity_grpo.ipro.recipe import decode, setup, train_ipro, train_step
+from identity_grpo.finetune.lora import attach_lora, lora_parameters, lora_state_dict
+from identity_grpo.core.config_io import load_config
 
 OPTIONS = VaceOptions(height=32, width=32, num_frames=5, guidance_scale=3.0, shift=3.0, max_sequence_length=16)
 STEPS, K = 5, 2
@@ -141,6 +142,7 @@ def slot_face_reward(embedding_seed: int = 0) -> DifferentiableFaceReward:
 
 
 BRIGHTNESS = {"brightness": lambda videos, refs, prompts: videos.mean(dim=(1, 2, 3, 4))}
+register_reward("brightness")(lambda spec, device: BRIGHTNESS["brightness"])  # a known name for the configs
 
 
 def ipro_config(data, out, kind, *overrides) -> IproConfig:
@@ -168,7 +170,7 @@ def frozen_state(gen) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("kind", ["vace", "i2v"])
 def test_two_steps_train_every_lora_parameter_and_nothing_else(data, tmp_path, kind):
     cfg = ipro_config(data, tmp_path / "run", kind)
-    gen = build_ipro_generator(cfg.generator)
+    gen = build_generator(cfg.generator)
     before = frozen_state(gen)
     replica = copy.deepcopy(gen.trainable_module())
     torch.manual_seed(cfg.train.seed)
@@ -212,7 +214,7 @@ def test_accumulation_and_micro_batches_give_the_same_gradient(data, tmp_path):
     """4 samples as 4 micro-batches of 1 == as 2 of 2: the gradient is the mean over the step's samples."""
     def gradients(micro):
         cfg = ipro_config(data, tmp_path / str(micro), "vace", f"train.micro_batch_size={micro}", "train.max_grad_norm=0")
-        ipro = setup(cfg, build_ipro_generator(cfg.generator), slot_face_reward(), None, BRIGHTNESS)
+        ipro = setup(cfg, build_generator(cfg.generator), slot_face_reward(), None, BRIGHTNESS)
         ipro.run.policy.optimizer = NoStep()
         logged = train_step(ipro, 0)
         return [p.grad.clone() for p in ipro.run.policy.params], logged

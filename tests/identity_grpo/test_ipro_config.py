@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from identity_grpo.ipro.config import IproConfig
-from reward_model.config_io import ConfigError, load_config
+from identity_grpo.core.config_io import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

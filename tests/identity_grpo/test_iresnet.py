@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from identity_grpo.ipro.iresnet import ARCHITECTURES, TINY, ArcFaceCheckpointError, IBasicBlock, IResNet, load_arcface
+from identity_grpo.faces.iresnet import ARCHITECTURES, TINY, ArcFaceCheckpointError, IBasicBlock, IResNet, load_arcface
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

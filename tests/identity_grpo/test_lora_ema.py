@@ -5,8 +5,8 @@ import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanPipeline, WanVACEPipeline
 
-from identity_grpo.config import LoraSettings
-from identity_grpo.ema import ParameterEMA
+from identity_grpo.finetune.config import LoraSettings
+from identity_grpo.finetune.ema import ParameterEMA
 from identity_grpo.generators.tiny import (
     TinyWanConfig,
     tiny_text_encoder,
@@ -15,7 +15,7 @@ from identity_grpo.generators.tiny import (
     tiny_vae,
     tiny_wan_transformer,
 )
-from identity_grpo.lora import (
+from identity_grpo.finetune.lora import (
     LORA_WEIGHTS_FILE,
     LoraCheckpoint,
     adapter_disabled,

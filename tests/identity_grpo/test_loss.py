@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from identity_grpo.loss import clipped_policy_loss, grpo_step_loss
+from identity_grpo.grpo.loss import clipped_policy_loss, grpo_step_loss
 
 
 def hand_case():

@@ -10,8 +10,8 @@ from test_phantom_convert import to_original_naming
 from identity_grpo.generators import wan_common
 from identity_grpo.generators.phantom import PhantomGenerator, PhantomOptions, guidance_weights, reference_canvas
 from identity_grpo.generators.tiny import TinyWanConfig, tiny_text_encoder, tiny_tokenizer, tiny_vae, tiny_wan_transformer
-from identity_grpo.sampling import sample_with_log_probs
-from identity_grpo.sde import NoiseSchedule
+from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sde import NoiseSchedule
 
 OPTIONS = PhantomOptions(
     height=32, width=32, num_frames=5, guidance_scale_img=3.0, guidance_scale_text=2.0,

@@ -6,13 +6,9 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from identity_grpo.prompts import (
-    GroupSampler,
-    PromptManifestError,
-    SampleSlot,
-    load_prompt_manifest,
-    sampling_batches,
-)
+from identity_grpo.finetune.batches import GroupSampler, SampleSlot, sampling_batches
+
+from identity_grpo.core.prompt_manifest import PromptManifestError, load_prompt_manifest
 
 
 @pytest.fixture

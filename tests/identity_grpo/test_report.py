@@ -13,26 +13,27 @@ from PIL import Image
 
 import face_models_support
 
-from identity_grpo.config import GrpoConfig
-from identity_grpo.generator_factory import build_generator
-from identity_grpo.lora import attach_lora, export_lora
-from identity_grpo.prompts import load_prompt_manifest, mix_seed
+from identity_grpo.grpo.config import GrpoConfig
+from identity_grpo.generators.factory import build_generator
+from identity_grpo.finetune.lora import attach_lora, export_lora
+from identity_grpo.core.prompt_manifest import load_prompt_manifest
+from identity_grpo.core.seeds import mix_seed
 from identity_grpo.report.__main__ import main
-from identity_grpo.report.grid import GridRow, build_grid
+from identity_grpo.core.video_grid import GridRow, build_grid
 from identity_grpo.report.lora_files import loaded_lora
-from identity_grpo.report.evaluate import evaluate_models
+from identity_grpo.report.model_samples import evaluate_models
 from identity_grpo.report.pipeline import eval_manifest
 from identity_grpo.report.plots import plot_curves, run_key
 from identity_grpo.report.scorers import Scorers, has_world_identities
-from identity_grpo.report.summary import person_means, win_rate
-from identity_grpo.rewards import WeightedRewards, register_reward
-from identity_grpo.sampling import sample_with_log_probs
-from identity_grpo.synthetic.world_data import per_person_scores, world_identity_scores, write_world_manifests
-from reward_model.config_io import load_config, save_config
-from reward_model.faces import FaceAnalyzer, FaceAnalyzerConfig, stack_faces
-from reward_model.identity_metrics import identity_metrics
+from identity_grpo.report.statistics import person_means, win_rate
+from identity_grpo.rewards.registry import WeightedRewards, register_reward
+from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.world.prompt_manifests import per_person_scores, world_identity_scores, write_world_manifests
+from identity_grpo.core.config_io import load_config, save_config
+from identity_grpo.faces.analyzer import FaceAnalyzer, FaceAnalyzerConfig, stack_faces
+from identity_grpo.faces.identity_metrics import identity_metrics
 from reward_model.model import RewardModelConfig, build_reward_model
-from reward_model.synthetic.identities import vocabulary
+from identity_grpo.world.identities import vocabulary
 
 SEED = 5  # train.seed: the report's default noise seed
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from identity_grpo.config import RewardSpec
-from identity_grpo.rewards import WeightedRewards, register_reward, registered_rewards
+from identity_grpo.rewards.spec import RewardSpec
+from identity_grpo.rewards.registry import WeightedRewards, register_reward, registered_rewards
 
 VIDEOS = torch.stack([torch.full((2, 4, 4, 3), v) for v in (0.0, 0.5, 1.0)])  # [3, T, H, W, 3]
 REFS = [[np.zeros((4, 4, 3), np.uint8)], [], [np.zeros((4, 4, 3), np.uint8)] * 2]

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from identity_grpo.prompts import PromptRecord, load_prompt_manifest
-from identity_grpo.run_summary import summarize, summary_table, win_rate
-from identity_grpo.sample_grid import sample_grid, save_grid
-from identity_grpo.synthetic.world_data import world_identity_scores, write_world_manifests
-from reward_model.synthetic.clips import sample_clip
-from reward_model.synthetic.identities import identity_from_id, is_heldout, num_identities
-from reward_model.video import read_video
+from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
+from identity_grpo.finetune.run_metrics import summarize, summary_table, win_rate
+from identity_grpo.finetune.sample_grid import sample_grid, save_grid
+from identity_grpo.world.prompt_manifests import world_identity_scores, write_world_manifests
+from identity_grpo.world.clips import sample_clip
+from identity_grpo.world.identities import identity_from_id, is_heldout, num_identities
+from identity_grpo.core.video import read_video
 
 
 def result(per_prompt: dict[str, dict[str, float]]) -> dict:
@@ -88,7 +88,7 @@ def test_world_manifests_and_identity_hook(tmp_path):
 
 
 def test_comparison_table_of_two_runs(tmp_path):
-    from identity_grpo.synthetic.compare import main
+    from identity_grpo.report.compare import main
 
     grpo = {"identity_before": 0.05, "identity_after": 0.06, "reward_before": -8.0, "reward_after": -6.0,
             "win_rate": 0.75, "kl": 1.5e-3, "train_seconds": 600.0,  # the reward model's own score is preferred:

@@ -6,9 +6,9 @@ import torch
 
 from identity_grpo.generators.tiny import tiny_vace_generator
 from identity_grpo.generators.vace import VaceOptions
-from identity_grpo.rollout import Rollout
-from identity_grpo.sampling import recompute_log_prob, sample_with_log_probs
-from identity_grpo.sde import NoiseSchedule
+from identity_grpo.finetune.rollout import Rollout
+from identity_grpo.finetune.sampling import recompute_log_prob, sample_with_log_probs
+from identity_grpo.finetune.sde import NoiseSchedule
 
 SDE = NoiseSchedule("flow_grpo", eta=0.7)
 STEPS = 4

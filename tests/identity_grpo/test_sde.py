@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from identity_grpo.sde import (
+from identity_grpo.finetune.sde import (
     NoiseSchedule,
     flow_grpo_noise_scale,
     gaussian_log_prob,

@@ -9,9 +9,9 @@ import torch
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.phantom import PhantomGenerator
 from identity_grpo.generators.vace import VaceGenerator
-from identity_grpo.synthetic import pretrain_generator as pg
-from identity_grpo.synthetic.prompt_set import synthetic_prompt_set
-from identity_grpo.synthetic.toy_generators import (
+from identity_grpo.generators import toy_pretraining as pg
+from identity_grpo.world.prompt_set import synthetic_prompt_set
+from identity_grpo.generators.toy import (
     ToyModelConfig,
     toy_phantom_options,
     toy_phantom_transformer,
@@ -21,8 +21,8 @@ from identity_grpo.synthetic.toy_generators import (
     toy_vace_transformer,
     toy_vae,
 )
-from reward_model.synthetic.clips import make_prompt, sample_clip
-from reward_model.synthetic.identities import identity_to_id, identity_from_id, is_heldout
+from identity_grpo.world.clips import make_prompt, sample_clip
+from identity_grpo.world.identities import identity_to_id, identity_from_id, is_heldout
 
 # Tiny sizes: the real classes and code paths, milliseconds per step.
 TINY_MODEL = ToyModelConfig(num_frames=5, z_dim=4, vae_base_dim=4, text_dim=16, num_heads=2, head_dim=12,

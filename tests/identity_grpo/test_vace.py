@@ -9,8 +9,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, WanVACEPipeline
 from identity_grpo.generators import wan_common
 from identity_grpo.generators.tiny import tiny_vace_generator
 from identity_grpo.generators.vace import VaceGenerator, VaceOptions
-from identity_grpo.sampling import sample_with_log_probs
-from identity_grpo.sde import NoiseSchedule
+from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sde import NoiseSchedule
 
 OPTIONS = VaceOptions(height=32, width=32, num_frames=5, guidance_scale=3.0, shift=3.0, max_sequence_length=24)
 STEPS = 4

@@ -9,8 +9,8 @@ from transformers import CLIPImageProcessor
 
 from identity_grpo.generators.tiny_i2v import TINY_CLIP_SIZE, tiny_i2v_generator
 from identity_grpo.generators.wan_i2v import I2vGenerator, I2vOptions, clip_pixel_values, first_frame
-from identity_grpo.sampling import sample_with_log_probs
-from identity_grpo.sde import NoiseSchedule
+from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sde import NoiseSchedule
 
 OPTIONS = I2vOptions(height=32, width=32, num_frames=5, guidance_scale=3.0, shift=3.0, max_sequence_length=24)
 # 4 steps at shift 3 run at t = 1000, 858, 602, 9: the first with the high-noise expert, the rest with the low one.

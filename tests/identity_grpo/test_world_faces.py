@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from identity_grpo.ipro import world_faces
-from identity_grpo.ipro.identity_reward import Detections
-from identity_grpo.ipro.iresnet import IResNetConfig
-from identity_grpo.ipro.world_detector import DetectorTraining, HeadDetector, detector_loss, targets
-from identity_grpo.ipro.world_embedder import EmbedderTraining, attribute_labels, jitter_boxes
-from identity_grpo.ipro.world_faces import WorldFaceSettings, cache_folder, world_face_models, world_face_reward, world_pool
-from identity_grpo.prompts import load_prompt_manifest
-from identity_grpo.synthetic.world_data import world_identities, write_world_manifests
-from reward_model.synthetic.clips import sample_clip
-from reward_model.synthetic.identities import identity_from_id, identity_to_id
+from identity_grpo.world import face_models as world_faces
+from identity_grpo.faces.pool_reward import Detections
+from identity_grpo.faces.iresnet import IResNetConfig
+from identity_grpo.world.face_detector import DetectorTraining, HeadDetector, detector_loss, targets
+from identity_grpo.world.face_embedder import EmbedderTraining, attribute_labels, jitter_boxes
+from identity_grpo.world.face_models import WorldFaceSettings, cache_folder, world_face_models, world_face_reward, world_pool
+from identity_grpo.core.prompt_manifest import load_prompt_manifest
+from identity_grpo.world.prompt_manifests import world_identities, write_world_manifests
+from identity_grpo.world.clips import sample_clip
+from identity_grpo.world.identities import identity_from_id, identity_to_id
 
 
 def test_targets_by_hand():

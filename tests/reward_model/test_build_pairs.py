@@ -6,9 +6,9 @@ import pytest
 
 from reward_model.build_pairs import KINDS, blur_frames, build_synthetic_pairs, main, plan_split
 from reward_model.pairs import load_pairs
-from reward_model.synthetic.identities import face_differences, identity_from_id, is_heldout, look_alike, sample_identities
-from reward_model.synthetic.measure import identity_consistency
-from reward_model.video import read_image, read_video
+from identity_grpo.world.identities import face_differences, identity_from_id, is_heldout, look_alike, sample_identities
+from identity_grpo.world.measure import identity_consistency
+from identity_grpo.core.video import read_image, read_video
 
 
 @pytest.fixture(scope="module")

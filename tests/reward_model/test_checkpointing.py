@@ -1,7 +1,7 @@
 import torch
 from accelerate import Accelerator
 
-from reward_model.checkpointing import load_training_state, save_training_state
+from identity_grpo.core.checkpointing import load_training_state, save_training_state
 
 
 def test_state_round_trip_and_replacement(tmp_path):

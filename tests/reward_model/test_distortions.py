@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from reward_model.distortions import (
+from identity_grpo.world.distortions import (
     BLEND_MAX_WEIGHT,
     DISTORTIONS,
     apply_distortion,
@@ -12,8 +12,8 @@ from reward_model.distortions import (
     pixelate,
     resample_box,
 )
-from reward_model.synthetic.clips import sample_clip
-from reward_model.synthetic.identities import sample_identities
+from identity_grpo.world.clips import sample_clip
+from identity_grpo.world.identities import sample_identities
 
 T, H, W = 6, 24, 40
 # Three flat-coloured "faces" on a grey frame: box k holds value 60 + 60 k.

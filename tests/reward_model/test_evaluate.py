@@ -1,6 +1,6 @@
 import numpy as np
 
-from reward_model.evaluate import PairScores, calibrate_tie_threshold, comparison_table, pair_report, severity_bin
+from reward_model.pair_metrics import PairScores, calibrate_tie_threshold, comparison_table, pair_report, severity_bin
 
 
 def rows():

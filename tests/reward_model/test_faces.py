@@ -21,8 +21,8 @@ from face_models_support import (
     recognizer_weight,
     write_pack,
 )
-from reward_model.config_io import ConfigError
-from reward_model.faces import (
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.faces.analyzer import (
     FaceAnalyzer,
     FaceAnalyzerConfig,
     FaceModelsMissing,
@@ -30,7 +30,7 @@ from reward_model.faces import (
     default_providers,
     stack_faces,
 )
-from reward_model.identity_metrics import identity_metrics
+from identity_grpo.faces.identity_metrics import identity_metrics
 
 RED = (220, 60, 40)
 BLUE = (40, 80, 220)

@@ -1,6 +1,6 @@
 import json
 
-from reward_model.hub import prepare_upload, push_folder
+from identity_grpo.core.hub import prepare_upload, push_folder
 
 
 class FakeApi:

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from reward_model.identity_metrics import (
+from identity_grpo.faces.identity_metrics import (
     box_iou,
     identity_metrics,
     match_faces,

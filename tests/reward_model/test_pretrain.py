@@ -4,7 +4,7 @@ import torch
 from reward_model.config import PretrainConfig
 from reward_model.model import RewardModelConfig, build_reward_model
 from reward_model.pretrain import IGNORE, AttributeHeads, caption, captioning_batch, captioning_examples, captioning_loss, person_features
-from reward_model.synthetic.identities import vocabulary
+from identity_grpo.world.identities import vocabulary
 from reward_model.tiny import TinyBackboneConfig
 
 

@@ -16,12 +16,12 @@ import pytest
 
 from face_models_support import CELL, paint_faces, recognizer_weight, write_pack
 from reward_model.clip_pairs import make_clip_pairs
-from reward_model.distortions import box_region
+from identity_grpo.world.distortions import box_region
 from reward_model.face_tracks import people_tracks, track_faces
-from reward_model.faces import Face, FaceNotFound
+from identity_grpo.faces.analyzer import Face, FaceNotFound
 from reward_model.pairs import load_pairs
 from reward_model.real_pairs import RealPairSettings, build_real_pairs, main
-from reward_model.video import read_image, read_video, write_image, write_video
+from identity_grpo.core.video import read_image, read_video, write_image, write_video
 
 RED, BLUE, GREEN = (220, 60, 40), (40, 80, 220), (60, 200, 60)
 EMBEDDINGS = {colour: np.eye(8, dtype=np.float32)[i] for i, colour in enumerate((RED, BLUE, GREEN))}

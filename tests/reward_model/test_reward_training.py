@@ -5,10 +5,10 @@ import torch
 from accelerate.utils import set_seed
 
 from reward_model.config import RewardConfig
-from reward_model.config_io import load_config
+from identity_grpo.core.config_io import load_config
 from reward_model.model import RewardModel, build_reward_model
-from reward_model.synthetic.identities import vocabulary
-from reward_model.trainer import train_reward_model
+from identity_grpo.world.identities import vocabulary
+from reward_model.recipe import train_reward_model
 from tests_support import TINY_REWARD_OVERRIDES
 
 

@@ -3,9 +3,9 @@ import re
 import numpy as np
 import pytest
 
-from reward_model.distortions import apply_distortion
-from reward_model.synthetic.clips import SCALE_SPREAD, make_prompt, sample_background, sample_clip, scale_range
-from reward_model.synthetic.identities import (
+from identity_grpo.world.distortions import apply_distortion
+from identity_grpo.world.clips import SCALE_SPREAD, make_prompt, sample_background, sample_clip, scale_range
+from identity_grpo.world.identities import (
     PALETTE,
     SKIN_TONES,
     describe,
@@ -16,8 +16,8 @@ from reward_model.synthetic.identities import (
     sample_identities,
     vocabulary,
 )
-from reward_model.synthetic.measure import identity_consistency
-from reward_model.synthetic.render import PersonPose, face_box, render_person, render_reference
+from identity_grpo.world.measure import identity_consistency
+from identity_grpo.world.render import PersonPose, face_box, render_person, render_reference
 
 
 def colour_mask(image: np.ndarray, colour, tolerance: float = 12.0) -> np.ndarray:

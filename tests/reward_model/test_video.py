@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from reward_model.video import (
+from identity_grpo.core.video import (
     VideoReadError,
     fit_max_pixels,
     rate_frame_indices,

@@ -1,0 +1,73 @@
+"""Config sections GRPO and IPRO share: the LoRA, the prompts (manifests or the synthetic world).
+The generator section is generators/config.py, the rewards' rewards/spec.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from identity_grpo.core.config_io import ConfigError, require_local
+
+
+@dataclass
+class LoraSettings:
+    r: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0  # > 0 breaks the on-policy check (training forwards then differ from sampling ones)
+    # Module-name suffixes: every attention projection (self- and cross-attention, VACE blocks too).
+    target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+
+
+@dataclass
+class WorldPrompts:
+    """The synthetic world's prompts, written on first use (identity_grpo/world/prompt_manifests.py).
+    Enabled, they stand in for data.train_manifest / data.eval_manifest, and evaluation adds the
+    world's independent identity measure (eval/identity, eval/identity_worst)."""
+
+    enabled: bool = False
+    folder: str = "data/synthetic/grpo"
+    num_train: int = 256  # prompts of training identities
+    num_heldout: int = 32  # prompts of held-out identities, for evaluation
+    num_people: list[int] = field(default_factory=lambda: [2, 3])
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    train_manifest: str = ""  # prompts + references: .jsonl, or the original release's .csv
+    eval_manifest: str = ""  # held-out prompts for evaluation; empty: no evaluation
+    check_files: bool = True  # stat every reference image before training starts
+    world: WorldPrompts = field(default_factory=WorldPrompts)
+
+
+def check_manifest_inputs(d: DataConfig, eval_every: int) -> None:
+    """The prompt manifests exist (the synthetic world writes its own when training starts)."""
+    if d.world.enabled:
+        return
+    if not d.train_manifest:
+        raise ConfigError("data.train_manifest: required (a prompt manifest, .jsonl or .csv)")
+    require_local(d.train_manifest, "data.train_manifest", "file")
+    if d.eval_manifest:
+        require_local(d.eval_manifest, "data.eval_manifest", "file")
+    elif eval_every:
+        raise ConfigError("train.eval_every is set but data.eval_manifest is empty")
+
+
+def validate_lora(lora: LoraSettings) -> None:
+    if lora.r < 1 or lora.alpha <= 0:
+        raise ConfigError(f"lora.r must be >= 1 and lora.alpha > 0, got {lora.r} and {lora.alpha}")
+    if not 0 <= lora.dropout < 1:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
+    if not lora.target_modules:
+        raise ConfigError("lora.target_modules: empty")
+
+
+def validate_world(d: DataConfig) -> None:
+    w = d.world
+    if not w.enabled:
+        return
+    if d.train_manifest or d.eval_manifest:
+        raise ConfigError("data.world.enabled: the world writes its own manifests; leave data.train_manifest "
+                          "and data.eval_manifest empty (or disable data.world)")
+    if w.num_train < 1 or w.num_heldout < 0:
+        raise ConfigError(f"data.world: num_train must be >= 1 and num_heldout >= 0, got {w.num_train}, {w.num_heldout}")
+    if not w.num_people or any(not 1 <= n <= 4 for n in w.num_people):
+        raise ConfigError(f"data.world.num_people: values in [1, 4], got {w.num_people}")

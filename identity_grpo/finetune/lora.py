@@ -1,0 +1,119 @@
+"""LoRA on the generator's transformer: attach, switch off (the reference policy), save/restore, export.
+
+The reference policy of the KL term is the same transformer with its adapter switched off, so no
+second copy of the weights is kept. The export is what diffusers' Wan pipelines load:
+
+    pipe = WanVACEPipeline.from_pretrained("Wan-AI/Wan2.1-VACE-1.3B-diffusers")
+    pipe.load_lora_weights("runs/grpo_vace/final")   # pytorch_lora_weights.safetensors
+
+with keys `transformer.blocks.0.attn1.to_q.lora_A.weight`, ... and the LoRA config (rank, alpha,
+targets) in the safetensors metadata, as diffusers' own training scripts write it.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from diffusers.loaders.lora_pipeline import WanLoraLoaderMixin
+from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+
+from identity_grpo.finetune.config import LoraSettings
+
+ADAPTER = "default"
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+
+
+def attach_lora(module: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.Parameter]:
+    """Add a LoRA adapter to a diffusers model in place (base weights frozen, B = 0 so the output
+    is unchanged at first) and return its parameters, kept in float32: AdamW updates of ~1e-4
+    relative size vanish in bf16."""
+    if not hasattr(module, "add_adapter"):
+        raise TypeError(f"lora.attach_lora: {type(module).__name__} is not a diffusers model (no add_adapter)")
+    if getattr(module, "peft_config", None):
+        raise ValueError(f"lora.attach_lora: {type(module).__name__} already carries a LoRA adapter")
+    module.requires_grad_(False)
+    module.add_adapter(
+        LoraConfig(
+            r=settings.r,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            target_modules=list(settings.target_modules),
+            init_lora_weights=True,
+        ),
+        adapter_name=ADAPTER,
+    )
+    params = lora_parameters(module)  # peft itself refuses targets that match no layer
+    for param in params:
+        param.data = param.data.float()
+        param.requires_grad_(True)
+    return params
+
+
+def lora_parameters(module: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """The adapter's parameters, in module order."""
+    return [p for n, p in module.named_parameters() if "lora_" in n]
+
+
+@contextmanager
+def adapter_disabled(module: torch.nn.Module) -> Iterator[None]:
+    """Run the base model (the reference policy) inside; the adapter is back on afterwards even
+    on error. peft's switch also clears requires_grad of the adapter, so it is restored here."""
+    layers = [m for m in module.modules() if isinstance(m, BaseTunerLayer)]
+    trainable = [p.requires_grad for p in lora_parameters(module)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)
+        for param, flag in zip(lora_parameters(module), trainable):
+            param.requires_grad_(flag)
+
+
+def lora_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """{"blocks.0.attn1.to_q.lora_A.weight": tensor, ...} (peft naming, no adapter name), on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module, adapter_name=ADAPTER).items()}
+
+
+def load_lora_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Put saved adapter weights back (every key must fit; dtype of the live parameters is kept)."""
+    expected = set(get_peft_model_state_dict(module, adapter_name=ADAPTER))
+    if set(state) != expected:
+        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+        raise ValueError(f"lora.load_lora_state_dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    result = set_peft_model_state_dict(module, state, adapter_name=ADAPTER)
+    if getattr(result, "unexpected_keys", None):
+        raise ValueError(f"lora.load_lora_state_dict: keys not loaded: {result.unexpected_keys[:3]}")
+
+
+def export_lora(module: torch.nn.Module, directory: str | Path) -> Path:
+    """Write `directory/pytorch_lora_weights.safetensors` for `WanPipeline` / `WanVACEPipeline`
+    `.load_lora_weights(directory)`; returns the file's path."""
+    directory = Path(directory)
+    config = module.peft_config[ADAPTER]
+    WanLoraLoaderMixin.save_lora_weights(
+        directory,
+        transformer_lora_layers=lora_state_dict(module),
+        transformer_lora_adapter_metadata=config.to_dict(),
+        safe_serialization=True,
+    )
+    return directory / LORA_WEIGHTS_FILE
+
+
+class LoraCheckpoint:
+    """The adapter weights as an object accelerate saves with `register_for_checkpointing`
+    (the frozen base model is never written into a training checkpoint)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.module = module
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return lora_state_dict(self.module)
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        load_lora_state_dict(self.module, state)

@@ -1,0 +1,71 @@
+"""The denoising loop, written out: a generator predicts velocities, sde.sde_step moves the
+latents and scores the move. Sampling records every latent and log-prob; training recomputes
+the log-prob of one stored transition under the current (LoRA-updated) policy.
+"""
+from __future__ import annotations
+
+import torch
+
+from identity_grpo.generators.base import Conditions, Generator
+from identity_grpo.finetune.rollout import Trajectory
+from identity_grpo.finetune.sde import NoiseSchedule, SdeStep, sde_step
+
+
+@torch.no_grad()
+def sample_with_log_probs(
+    generator: Generator,
+    conds: Conditions,
+    sigmas: torch.Tensor,
+    noise_schedule: NoiseSchedule,
+    rng: torch.Generator | None,
+    initial_noise: torch.Tensor | None = None,
+) -> Trajectory:
+    """Denoise conds' B samples along sigmas [S+1] (1 -> 0).
+
+    All randomness (the initial noise unless given, then one noise tensor per stochastic step)
+    comes from `rng`, drawn on the CPU so that a seed reproduces a rollout on any device.
+    """
+    if sigmas.ndim != 1 or sigmas.numel() < 2:
+        raise ValueError(f"sampling.sample_with_log_probs: sigmas must be [S+1] with S >= 1, got {tuple(sigmas.shape)}")
+    x = generator.initial_noise(conds, rng) if initial_noise is None else initial_noise
+    x = x.float()
+    batch = x.shape[0]
+    if batch != conds.batch_size:
+        raise ValueError(f"sampling.sample_with_log_probs: initial_noise has {batch} samples, conds {conds.batch_size}")
+    sigmas = sigmas.float().to(x.device)
+    latents, log_probs = [x], []
+    for i in range(sigmas.numel() - 1):
+        sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
+        v = generator.predict_velocity(x, sigma, conds)
+        scale = noise_schedule.scale(sigma, sigma_next)
+        noise = None
+        if bool((scale > 0).any()):
+            noise = torch.randn(x.shape, generator=rng, dtype=torch.float32).to(x.device)
+        step = sde_step(x, v, sigma, sigma_next, scale, noise=noise)
+        x = step.x_next
+        latents.append(x)
+        log_probs.append(step.log_prob)
+    return Trajectory(latents=torch.stack(latents, dim=1), log_probs=torch.stack(log_probs, dim=1), sigmas=sigmas.cpu())
+
+
+def recompute_log_prob(
+    generator: Generator,
+    conds: Conditions,
+    latents_t: torch.Tensor,
+    latents_next: torch.Tensor,
+    sigma: torch.Tensor,
+    sigma_next: torch.Tensor,
+    noise_schedule: NoiseSchedule,
+) -> SdeStep:
+    """The step latents_t [B, ...] -> latents_next [B, ...] at noise levels sigma, sigma_next
+    ([B] or scalars) scored under the generator's current weights. Runs under whatever grad mode
+    the caller chose: with grad for the policy, under no_grad (adapter disabled) for the reference.
+
+    The velocity is predicted exactly as during sampling (same batch layout gives bit-identical
+    forwards), so before any update log_prob equals the sampled one: the on-policy check.
+    """
+    batch = latents_t.shape[0]
+    sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents_t.device).expand(batch)
+    sigma_next = torch.as_tensor(sigma_next, dtype=torch.float32, device=latents_t.device).expand(batch)
+    v = generator.predict_velocity(latents_t.float(), sigma, conds)
+    return sde_step(latents_t, v, sigma, sigma_next, noise_schedule.scale(sigma, sigma_next), x_next=latents_next)

@@ -1,0 +1,172 @@
+"""The GRPO experiment config: one YAML file in configs/grpo/, validated before any model loads.
+
+    cfg = load_config(GrpoConfig, "configs/grpo/vace_1.3b.yaml", ["train.lr=5e-5"])  # runs validate()
+    cfg.validate_inputs()                                # the files it names exist (before any model loads)
+    cfg.validate_processes(accelerator.num_processes)   # once the launch is known
+
+`validate` checks what the file alone decides (numbers, divisibility, combinations, reward names
+and options), so every YAML in configs/ loads anywhere; `validate_inputs` checks the machine:
+required inputs given and every path present. Every error names the field (`train.group_size`,
+`rewards[1].weight`, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from identity_grpo.core.config_io import ConfigError, check_options
+from identity_grpo.core.sections import HubConfig, WandbConfig
+from identity_grpo.finetune.config import DataConfig, LoraSettings, check_manifest_inputs, validate_lora, validate_world
+from identity_grpo.finetune.sde import NoiseSchedule
+from identity_grpo.generators.config import GeneratorConfig
+from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
+from identity_grpo.rewards.spec import RewardSpec
+
+
+def _ode() -> NoiseSchedule:
+    return NoiseSchedule(kind="ode")
+
+
+@dataclass
+class SamplingConfig:
+    train_steps: int = 25  # SDE steps of a training rollout
+    eval_steps: int = 50  # steps of an evaluation sample
+    noise: NoiseSchedule = field(default_factory=NoiseSchedule)  # the training SDE
+    eval_noise: NoiseSchedule = field(default_factory=_ode)  # evaluation is deterministic (ODE)
+    # Evaluation resolution; 0 keeps the training value of the generator options.
+    eval_height: int = 0
+    eval_width: int = 0
+    eval_num_frames: int = 0
+    eval_batch_size: int = 1  # per process
+    grid_prompts: int = 4  # held-out prompts shown in the sample grids (output_dir/samples)
+
+
+@dataclass
+class TrainSettings:
+    num_steps: int = 100  # GRPO iterations: sample, score, update
+    group_size: int = 8  # samples per prompt (each from its own initial noise)
+    prompts_per_step: int = 16  # groups per iteration, over all processes
+    sample_batch_size: int = 4  # samples per sampling forward, per process
+    train_batch_size: int = 4  # samples per training forward, per process
+    inner_epochs: int = 1  # passes over one iteration's samples
+    updates_per_epoch: int = 1  # optimizer steps per pass (Flow-GRPO / Identity-GRPO use 2)
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    clip_range: float = 1e-3
+    adv_clip: float = 5.0
+    adv_scaling: Literal["group", "batch", "none"] = "group"
+    beta: float = 0.004  # weight of the KL to the reference (the adapter switched off)
+    ema_decay: float = 0.9  # 0: no EMA
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) over the first updates
+    timestep_fraction: float = 1.0  # share of a sample's stochastic steps trained per pass
+    # Flow-GRPO-Fast: only `sde_window_size` consecutive steps are stochastic (and trained), the
+    # rest ODE; the window's first step is drawn each iteration from sde_window_range [lo, hi]
+    # (empty: anywhere). 0 turns the window off.
+    sde_window_size: int = 0
+    sde_window_range: list[int] = field(default_factory=list)
+    cfg_in_training: bool = True  # False: training forwards skip guidance (then the ratio starts != 1)
+    skip_zero_advantage: bool = True  # samples of zero-std groups carry no policy gradient
+    gradient_checkpointing: bool = False
+    eval_every: int = 0  # iterations; 0: evaluate only before and after training
+    save_every: int = 0  # iterations; 0: save only at the end
+    seed: int = 0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.prompts_per_step * self.group_size
+
+
+@dataclass
+class GrpoConfig:
+    output_dir: str = "runs/grpo"
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    hub: HubConfig = field(default_factory=HubConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    resume: bool = True  # continue from output_dir/state if a previous run left one
+
+    def validate(self) -> None:
+        self.generator.validate()
+        _validate_sampling(self.sampling)
+        validate_lora(self.lora)
+        if not self.rewards:
+            raise ConfigError("rewards: at least one reward is needed")
+        validate_reward_specs(self.rewards, "rewards")
+        _validate_train(self.train, self.sampling)
+        validate_world(self.data)
+        self.validate_processes(1)
+        if self.hub.push and not self.hub.repo_id:
+            raise ConfigError("hub.push is set but hub.repo_id is empty")
+
+    def validate_inputs(self, generator_given: bool = False, rewards_given: bool = False) -> None:
+        """Required inputs are given and every local path exists (hub ids, "tiny" and "toy" are not paths).
+        A generator or reward functions handed to the trainer need none of their config paths."""
+        if not generator_given:
+            self.generator.check_inputs()
+        if not rewards_given:
+            check_reward_inputs(self.rewards, "rewards")
+        check_manifest_inputs(self.data, self.train.eval_every)
+
+    def validate_processes(self, num_processes: int) -> None:
+        """The per-step batch must split evenly over processes and sampling batches."""
+        t = self.train
+        per_launch = t.sample_batch_size * num_processes
+        if t.samples_per_step % per_launch:
+            raise ConfigError(
+                f"train.prompts_per_step * train.group_size (= {t.samples_per_step}) must be divisible by "
+                f"train.sample_batch_size * num_processes (= {t.sample_batch_size} * {num_processes})"
+            )
+        local = t.samples_per_step // num_processes
+        if t.updates_per_epoch > local:
+            raise ConfigError(
+                f"train.updates_per_epoch ({t.updates_per_epoch}) exceeds the samples per process ({local})"
+            )
+
+
+def _validate_sampling(s: SamplingConfig) -> None:
+    if s.train_steps < 1 or s.eval_steps < 1:
+        raise ConfigError("sampling.train_steps and sampling.eval_steps must be >= 1")
+    check_options("sampling.noise", s.noise)
+    check_options("sampling.eval_noise", s.eval_noise)
+    if s.noise.kind == "ode":
+        raise ConfigError("sampling.noise.kind: 'ode' has no log-probabilities to train on; use flow_grpo or linear")
+    if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
+        raise ConfigError("sampling.eval_height/eval_width/eval_num_frames/grid_prompts must be >= 0, eval_batch_size >= 1")
+
+
+def _validate_train(t: TrainSettings, s: SamplingConfig) -> None:
+    positive = ("num_steps", "group_size", "prompts_per_step", "sample_batch_size", "train_batch_size",
+                "inner_epochs", "updates_per_epoch")
+    for name in positive:
+        if getattr(t, name) < 1:
+            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    if t.group_size < 2:
+        raise ConfigError("train.group_size must be >= 2: a group of one has no spread to learn from")
+    if t.lr <= 0 or t.weight_decay < 0 or t.max_grad_norm <= 0:
+        raise ConfigError("train.lr and train.max_grad_norm must be > 0, train.weight_decay >= 0")
+    if t.clip_range <= 0 or t.adv_clip <= 0 or t.beta < 0:
+        raise ConfigError("train.clip_range and train.adv_clip must be > 0, train.beta >= 0")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
+    if not 0 < t.timestep_fraction <= 1:
+        raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
+    if t.eval_every < 0 or t.save_every < 0:
+        raise ConfigError("train.eval_every and train.save_every must be >= 0")
+    if not 0 <= t.sde_window_size <= s.train_steps:
+        raise ConfigError(f"train.sde_window_size must be in [0, sampling.train_steps = {s.train_steps}]")
+    if t.sde_window_range:
+        if not t.sde_window_size:
+            raise ConfigError("train.sde_window_range is set but train.sde_window_size is 0")
+        last_start = s.train_steps - t.sde_window_size
+        if len(t.sde_window_range) != 2 or not 0 <= t.sde_window_range[0] <= t.sde_window_range[1] <= last_start:
+            raise ConfigError(
+                f"train.sde_window_range must be [lo, hi] with 0 <= lo <= hi <= {last_start} "
+                f"(sampling.train_steps - train.sde_window_size), got {t.sde_window_range}"
+            )
+

@@ -1,0 +1,142 @@
+"""The GRPO policy update on one iteration's samples (one screen: chunks -> micro-batches ->
+trained steps -> loss -> one optimizer step per chunk).
+
+Gradients are averaged over every trained (sample, step) pair of all processes: each loss is
+scaled by its share of the global count and the LoRA gradients are summed over processes by hand.
+The count may differ per process (zero-advantage samples are skipped and reference counts are
+bucketed), which a DDP wrapper could not take; the LoRA gradients are small, so one all-reduce per
+optimizer step costs little. The result equals one process doing all the work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from identity_grpo.grpo.config import TrainSettings
+from identity_grpo.finetune.ema import ParameterEMA
+from identity_grpo.generators.base import Generator
+from identity_grpo.finetune.lora import adapter_disabled
+from identity_grpo.grpo.loss import grpo_step_loss
+from identity_grpo.finetune.rollout import Rollout
+from identity_grpo.finetune.sampling import recompute_log_prob
+
+STAT_NAMES = ("policy_loss", "kl_loss", "approx_kl", "clip_fraction", "ratio_mean")
+
+
+@dataclass
+class Policy:
+    """What the update trains: the LoRA on the generator's transformer."""
+
+    generator: Generator  # the view training forwards run through (guidance as configured)
+    transformer: torch.nn.Module  # carries the adapter; switching it off gives the reference policy
+    params: list[torch.nn.Parameter]  # the adapter's parameters, float32
+    optimizer: torch.optim.Optimizer
+    ema: ParameterEMA | None
+
+
+def split_for_updates(num_samples: int, updates: int, rng: torch.Generator) -> list[torch.Tensor]:
+    """A shuffled order of the local samples cut into `updates` near-equal chunks ([n_i] long each);
+    every process has the same number of samples, so the same chunk sizes."""
+    return list(torch.randperm(num_samples, generator=rng).tensor_split(updates))
+
+
+def micro_batches(rollouts: list[Rollout], chunk: torch.Tensor, size: int, skip_zero_advantage: bool) -> list[Rollout]:
+    """The chunk's samples (flat indices over the rollouts, one rollout per reference count) in
+    micro-batches of at most `size` from one rollout each; zero-advantage samples dropped if asked."""
+    offsets = torch.tensor([0] + [r.batch_size for r in rollouts]).cumsum(0)
+    batches = []
+    for b, rollout in enumerate(rollouts):
+        local = chunk[(chunk >= offsets[b]) & (chunk < offsets[b + 1])] - offsets[b]
+        if skip_zero_advantage:
+            local = local[rollout.advantages[local.to(rollout.advantages.device)].cpu() != 0]
+        batches += [rollout.select(part) for part in local.split(size) if part.numel()]
+    return batches
+
+
+def transition_loss(
+    policy: Policy, batch: Rollout, steps: torch.Tensor, noise_schedule, settings: TrainSettings
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """GRPO loss of one stored step per sample (steps [B] long): the reference's step mean with the
+    adapter off (no grad), then the policy's log-prob and mean with grad."""
+    t = batch.transition(steps)
+    ref_mean = None
+    if settings.beta > 0:
+        with torch.no_grad(), adapter_disabled(policy.transformer):
+            ref_mean = recompute_log_prob(
+                policy.generator, batch.conds, t.latents, t.next_latents, t.sigmas, t.sigmas_next, noise_schedule
+            ).mean
+    new = recompute_log_prob(policy.generator, batch.conds, t.latents, t.next_latents, t.sigmas, t.sigmas_next, noise_schedule)
+    loss, stats = grpo_step_loss(
+        new.log_prob, t.log_probs, t.advantages, settings.clip_range, settings.beta, new.mean, ref_mean, new.std
+    )
+    stats["max_abs_log_ratio"] = (new.log_prob.detach() - t.log_probs).abs().max()
+    return loss, stats
+
+
+def optimizer_step(
+    accelerator, policy: Policy, batches: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator
+) -> dict[str, float]:
+    """Accumulate the loss over every micro-batch and trained step, average the gradients over
+    processes, clip, step. Returns statistics of the whole (all-process) step."""
+    plans = [(batch, batch.train_steps(settings.timestep_fraction, rng)) for batch in batches]
+    local_pairs = sum(steps.numel() for _, steps in plans)
+    total_pairs = int(accelerator.reduce(torch.tensor(float(local_pairs), device=accelerator.device), "sum"))
+    if total_pairs == 0:  # every group had zero spread on every process: nothing to learn from
+        return {"skipped_updates": 1.0}
+    sums = torch.zeros(len(STAT_NAMES), device=accelerator.device)
+    max_ratio_error = torch.zeros((), device=accelerator.device)
+    for batch, steps in plans:
+        for k in range(steps.shape[1]):
+            with accelerator.autocast():
+                loss, stats = transition_loss(policy, batch, steps[:, k], noise_schedule, settings)
+            accelerator.backward(loss * (batch.batch_size / total_pairs))
+            sums += torch.stack([stats[name].float() for name in STAT_NAMES]) * batch.batch_size
+            max_ratio_error = torch.maximum(max_ratio_error, stats["max_abs_log_ratio"].float())
+    average_gradients(accelerator, policy.params)
+    grad_norm = accelerator.clip_grad_norm_(policy.params, settings.max_grad_norm)
+    policy.optimizer.step()
+    policy.optimizer.zero_grad(set_to_none=True)
+    if policy.ema is not None:
+        policy.ema.update()
+    sums = accelerator.reduce(sums, "sum") / total_pairs
+    logged = {name: float(value) for name, value in zip(STAT_NAMES, sums)}
+    logged["grad_norm"] = float(grad_norm)
+    logged["max_abs_log_ratio"] = float(accelerator.gather(max_ratio_error[None]).max())
+    logged["trained_pairs"] = float(total_pairs)
+    logged["skipped_updates"] = 0.0
+    return logged
+
+
+def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
+    """Sum the (already 1/total-scaled) gradients over processes in one flat all-reduce; a process
+    with nothing to train contributes zeros."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), "sum")
+    for param, part in zip(params, flat.split([g.numel() for g in grads])):
+        param.grad = part.view_as(param)
+
+
+def update_phase(
+    accelerator, policy: Policy, rollouts: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator
+) -> dict[str, float]:
+    """inner_epochs passes over the samples, updates_per_epoch optimizer steps each. The first
+    step's `max_abs_log_ratio` is the on-policy check: nothing changed since sampling, so the
+    recomputed log-probs must equal the sampled ones (0 up to float32 rounding)."""
+    num_samples = sum(r.batch_size for r in rollouts)
+    history = []
+    policy.transformer.train()
+    try:
+        for _ in range(settings.inner_epochs):
+            for chunk in split_for_updates(num_samples, settings.updates_per_epoch, rng):
+                batches = micro_batches(rollouts, chunk, settings.train_batch_size, settings.skip_zero_advantage)
+                history.append(optimizer_step(accelerator, policy, batches, noise_schedule, settings, rng))
+    finally:
+        policy.transformer.eval()
+    done = [h for h in history if not h["skipped_updates"]]
+    logged = {name: sum(h[name] for h in done) / len(done) for name in (*STAT_NAMES, "grad_norm")} if done else {}
+    logged["skipped_updates"] = float(len(history) - len(done))
+    logged["onpolicy_max_abs_log_ratio"] = history[0].get("max_abs_log_ratio", float("nan"))
+    return logged

@@ -1,0 +1,114 @@
+"""IPRO's face reward on the synthetic world: the world's face detector and embedder (trained on
+first use, cached), and pools from ground-truth clips the world renders of the prompt's people.
+
+    reward = world_face_reward(WorldFaceSettings(), device)   # a DifferentiableFaceReward
+
+Cache: cache_dir/faces-<hash of the settings>/ holds embedder.pt and detector.pt (state dicts)
+and faces.json (settings, training records, seconds), written last; a folder is built under a
+temporary name and renamed into place, so concurrent runs never see half a cache.
+
+Pools: IPRO pools each person's faces over every frame of the prompt's ground-truth video. The
+world can film its people: `pool_clips` clips of the prompt's identities (seeded by who they
+are, so a prompt always gets the same pool) with random backgrounds, poses and blinks; every
+person's face in every frame is cropped at the renderer's box and embedded.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from identity_grpo.core.cache_folders import is_complete, publish, scratch_folder, settings_hash
+from identity_grpo.faces.crop import crop_faces
+from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
+from identity_grpo.faces.pool_reward import FacePool
+from identity_grpo.faces.iresnet import IResNet
+from identity_grpo.world.face_detector import DetectorTraining, HeadDetector, train_detector
+from identity_grpo.world.face_embedder import EmbedderTraining, train_embedder
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.world.prompt_manifests import world_identities
+from identity_grpo.world.clips import sample_clip
+
+CACHE_FORMAT = 1  # bump when the meaning of a cached folder changes
+COMPLETE_MARKER = "faces.json"
+
+
+@dataclass
+class WorldFaceSettings:
+    cache_dir: str = "data/cache/world_faces"
+    seed: int = 0
+    embedder: EmbedderTraining = field(default_factory=EmbedderTraining)
+    detector: DetectorTraining = field(default_factory=DetectorTraining)
+    detect_threshold: float = 0.3  # a detector peak at least this high is a face
+    pool_clips: int = 2  # ground-truth clips rendered per prompt for its pool
+    pool_frames: int = 9  # frames per pool clip
+
+    def validate(self) -> None:
+        self.embedder.validate()
+        self.detector.validate()
+        if self.pool_clips < 1 or self.pool_frames < 1:
+            raise ValueError("world_faces.WorldFaceSettings: pool_clips and pool_frames must be >= 1")
+        if not 0 < self.detect_threshold < 1:
+            raise ValueError(f"world_faces.WorldFaceSettings.detect_threshold: in (0, 1), got {self.detect_threshold}")
+
+
+def cache_folder(settings: WorldFaceSettings) -> Path:
+    keyed = {"format": CACHE_FORMAT, "seed": settings.seed, "embedder": asdict(settings.embedder),
+             "detector": asdict(settings.detector)}
+    return Path(settings.cache_dir) / f"faces-{settings_hash(keyed)}"
+
+
+def world_face_models(settings: WorldFaceSettings, device: torch.device | str = "cpu",
+                      progress: bool = True) -> tuple[IResNet, HeadDetector]:
+    """The frozen embedder and detector for these settings, training and caching them first if needed."""
+    settings.validate()
+    folder = cache_folder(settings)
+    if not is_complete(folder, COMPLETE_MARKER):
+        start = time.perf_counter()
+        embedder, embedder_record = train_embedder(settings.embedder, settings.seed, progress)
+        middle = time.perf_counter()
+        detector, detector_record = train_detector(settings.detector, settings.embedder, settings.seed, progress)
+        tmp = scratch_folder(folder)
+        torch.save(embedder.state_dict(), tmp / "embedder.pt")
+        torch.save(detector.state_dict(), tmp / "detector.pt")
+        record = {"settings": asdict(settings), "embedder": embedder_record, "detector": detector_record,
+                  "embedder_seconds": middle - start, "detector_seconds": time.perf_counter() - middle}
+        (tmp / COMPLETE_MARKER).write_text(json.dumps(record))
+        publish(tmp, folder, COMPLETE_MARKER)
+    embedder = IResNet(settings.embedder.iresnet)
+    embedder.load_state_dict(torch.load(folder / "embedder.pt", map_location="cpu", weights_only=True))
+    detector = HeadDetector()
+    detector.load_state_dict(torch.load(folder / "detector.pt", map_location="cpu", weights_only=True))
+    return (embedder.to(device).eval().requires_grad_(False), detector.to(device).eval().requires_grad_(False))
+
+
+@torch.no_grad()
+def world_pool(embedder: IResNet, record: PromptRecord, settings: WorldFaceSettings) -> FacePool:
+    """Each of the prompt's people in every frame of `pool_clips` rendered clips of them."""
+    people = world_identities(record)
+    rng = np.random.default_rng([settings.seed, 31, *[p.id for p in people]])
+    look = settings.embedder
+    per_person: list[list[torch.Tensor]] = [[] for _ in people]
+    device = next(embedder.parameters()).device
+    for _ in range(settings.pool_clips):
+        clip = sample_clip(rng, people, settings.pool_frames, look.frame_height, look.frame_width)
+        frames = torch.from_numpy(clip.frames).permute(0, 3, 1, 2).float().div(255.0).to(device)
+        for p in range(len(people)):
+            crops = crop_faces(frames, torch.from_numpy(clip.boxes[:, p]), look.iresnet.input_size, look.crop_margin)
+            per_person[p].append(embedder.embed(crops))
+    return FacePool([torch.cat(parts) for parts in per_person])
+
+
+def world_face_reward(settings: WorldFaceSettings, device: torch.device | str = "cpu",
+                      progress: bool = True) -> DifferentiableFaceReward:
+    embedder, detector = world_face_models(settings, device, progress)
+
+    def locate(frames: torch.Tensor, max_faces: int):
+        return detector.detect(frames, max_faces, settings.detect_threshold)
+
+    return DifferentiableFaceReward(embedder, locate, lambda record: world_pool(embedder, record, settings),
+                                    margin=settings.embedder.crop_margin)
