@@ -1,40 +1,43 @@
-"""Stage-1 training loop (plain accelerate): pairs in, a Bradley-Terry(-ties) reward model out.
+"""Stage 1's training step (the run around it is core/recipe.py): pairs in, a Bradley-Terry(-ties)
+reward model out.
 
-    prepare data -> build model -> loop(micro-batch: score both clips, BTT loss, step) ->
-    periodic eval / checkpoint -> final eval vs. the non-learned baseline -> metrics.json -> Hub
+    setup: pairs (built from the synthetic world when no manifests are given), model (the tiny
+    backbone pretrained on the world, cached), AdamW, warmup + cosine schedule
+    step: grad_accum micro-batches (score both clips, BTT loss, backward) -> one optimizer step
+    finish: the model in final/, the held-out evaluation against the non-learned baseline -> metrics.json
+
+    metrics = train_reward_model(cfg)
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
-from identity_grpo.core.checkpointing import load_training_state, save_training_state
+from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
+from identity_grpo.world.identities import vocabulary as synthetic_vocabulary
 from reward_model.config import RewardConfig
-from identity_grpo.core.config_io import to_dict
-from reward_model.pair_metrics import calibrate_tie_threshold, pair_report
+from reward_model.evaluation import final_evaluation, score_rows
 from reward_model.losses import bradley_terry_loss, bt_ties_loss
 from reward_model.model import RewardModel, build_reward_model
-from identity_grpo.world.identities import vocabulary as synthetic_vocabulary
-from reward_model.evaluation import final_evaluation, score_rows
-from identity_grpo.core.hub import prepare_upload, push_folder
 from reward_model.pair_dataset import PairCollator, PairVideoDataset, load_splits
-from identity_grpo.core.tracking import RunLogger
+from reward_model.pair_metrics import calibrate_tie_threshold, pair_report
 
 
 @dataclass
-class LoopState:
-    step: int = 0  # optimizer steps done
-    micro_step: int = 0  # micro-batches done (for resuming the data order)
+class RewardState(RunState):
+    micro_step: int = 0  # micro-batches done (the data order resumes from here)
     skipped: int = 0  # pairs skipped because a file could not be read
+
+
+def train_reward_model(cfg: RewardConfig) -> dict:
+    """Train, evaluate on held-out pairs, save, publish; returns what metrics.json holds."""
+    return RewardRecipe(cfg).run()
 
 
 def build_model_for_training(cfg: RewardConfig, accelerator: Accelerator) -> RewardModel:
@@ -47,20 +50,6 @@ def build_model_for_training(cfg: RewardConfig, accelerator: Accelerator) -> Rew
     with accelerator.main_process_first():  # the main process pretrains; the others then find the cache
         folder = pretrained_model_dir(cfg.model, cfg.pretrain, s.num_frames, s.height, s.width)
     return RewardModel.from_pretrained(folder)
-
-
-def make_accelerator(cfg: RewardConfig) -> Accelerator:
-    from accelerate.utils import InitProcessGroupKwargs
-
-    # Several CPU processes need gloo named explicitly; GPUs use NCCL, one process needs no group.
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    kwargs = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
-    return Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        gradient_accumulation_steps=cfg.train.grad_accum_steps,
-        kwargs_handlers=kwargs,
-        cpu=not torch.cuda.is_available(),
-    )
 
 
 def pair_loss(cfg: RewardConfig, rewards: torch.Tensor, labels: torch.Tensor):
@@ -123,109 +112,107 @@ def endless(loader: DataLoader, skip: int):
         epoch += 1
 
 
-def train_reward_model(cfg: RewardConfig) -> dict:
-    accelerator = make_accelerator(cfg)
-    set_seed(cfg.train.seed)
-    output_dir = Path(cfg.output_dir)
-    splits = load_splits(cfg.data, accelerator)
-    model: RewardModel = build_model_for_training(cfg, accelerator)
-    collator = PairCollator(model.processor)
-    dataset = PairVideoDataset(splits["train"], num_frames=model.config.num_frames, max_pixels=model.config.max_pixels)
-    loader = DataLoader(
-        dataset, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collator,
-        num_workers=cfg.data.num_workers, drop_last=len(dataset) >= cfg.train.batch_size,
-    )
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    steps = total_steps(cfg, len(dataset), accelerator.num_processes)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, steps))
-    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+class RewardRecipe(Recipe):
+    name = "reward training"
+    state_class = RewardState
 
-    state = LoopState()
-    if cfg.resume:
-        meta = load_training_state(accelerator, output_dir)
-        if meta:
-            state = LoopState(**meta)
-            accelerator.print(f"resumed from {output_dir / 'state'} at step {state.step}")
-    logger = RunLogger(output_dir, cfg.wandb.project, cfg.wandb.mode, to_dict(cfg), cfg.wandb.run_name,
-                       enabled=accelerator.is_main_process)
-    run_loop(cfg, accelerator, model, optimizer, scheduler, loader, splits, state, steps, logger)
-    save_training_state(accelerator, output_dir, vars(state))  # a longer rerun continues from here
+    def __init__(self, cfg: RewardConfig):
+        super().__init__(cfg)
+        self.state: RewardState
+        self.running: dict[str, float] = {}  # training statistics since the last log line
 
-    unwrapped = accelerator.unwrap_model(model)
-    final_dir = output_dir / "final"
-    state_dict = accelerator.get_state_dict(model)  # collective: gathers ZeRO-3 shards on every rank
-    if accelerator.is_main_process:
-        unwrapped.save_pretrained(final_dir, state_dict=state_dict)
-    accelerator.wait_for_everyone()
-    metrics = {}
-    if accelerator.is_main_process:
-        metrics = final_evaluation(cfg, unwrapped, splits, final_dir, accelerator.device)
-        metrics["skipped_pairs"] = state.skipped
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        logger.log({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=state.step)
-        if cfg.hub.push:
-            publish(cfg, final_dir, metrics)
-    logger.finish()
-    accelerator.end_training()
-    return metrics
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.accelerator = accelerator = make_accelerator(
+            cfg.train.mixed_precision, cfg.train.grad_accum_steps, engines=(DistributedType.DEEPSPEED,))
+        set_seed(cfg.train.seed)
+        self.splits = load_splits(cfg.data, accelerator)
+        model = build_model_for_training(cfg, accelerator)
+        dataset = PairVideoDataset(self.splits["train"], num_frames=model.config.num_frames, max_pixels=model.config.max_pixels)
+        loader = DataLoader(
+            dataset, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=PairCollator(model.processor),
+            num_workers=cfg.data.num_workers, drop_last=len(dataset) >= cfg.train.batch_size,
+        )
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.steps = total_steps(cfg, len(dataset), accelerator.num_processes)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, self.steps))
+        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        self.start_logger()
 
+    def total_steps(self) -> int:
+        return self.steps
 
-def run_loop(cfg, accelerator, model, optimizer, scheduler, loader, splits, state: LoopState, steps: int, logger):
-    model.train()
-    batches = endless(loader, skip=state.micro_step)
-    progress = tqdm(total=steps, initial=state.step, desc="reward training", disable=not accelerator.is_local_main_process)
-    running: dict[str, float] = {}
-    while state.step < steps:
-        batch = next(batches)
-        state.micro_step += 1
-        state.skipped += batch.num_skipped
-        with accelerator.accumulate(model):
-            rewards = model(batch.inputs)
-            loss, stats = pair_loss(cfg, rewards, batch.labels)
-            accelerator.backward(loss)
-            grad_norm = None
+    def before_training(self) -> None:
+        self.batches = endless(self.loader, skip=self.state.micro_step)  # the data order continues where it stopped
+        self.model.train()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """grad_accum micro-batches, one optimizer step; logs every train.log_every steps and at the last."""
+        accelerator, t = self.accelerator, self.cfg.train
+        while True:
+            batch = next(self.batches)
+            self.state.micro_step += 1
+            self.state.skipped += batch.num_skipped
+            with accelerator.accumulate(self.model):
+                rewards = self.model(batch.inputs)
+                loss, stats = pair_loss(self.cfg, rewards, batch.labels)
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            accumulate(self.running, loss.item(), stats)
             if accelerator.sync_gradients:
-                grad_norm = accelerator.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        accumulate(running, loss.item(), stats)
-        if not accelerator.sync_gradients:
-            continue
-        state.step += 1
-        progress.update(1)
-        if state.step % cfg.train.log_every == 0 or state.step == steps:
-            logged = {f"train/{k}": v for k, v in averages(running).items()}
-            logged.update({"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm or 0.0)})
-            logger.log(logged, step=state.step)
-            progress.set_postfix(loss=f"{logged['train/loss']:.3f}", acc=f"{logged.get('train/accuracy', float('nan')):.2f}")
-            running = {}
-        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and splits.get("val"):
-            logger.log(validation_metrics(cfg, accelerator, model, splits["val"]), step=state.step)
-            model.train()
-        if cfg.train.save_every and state.step % cfg.train.save_every == 0:
-            save_training_state(accelerator, cfg.output_dir, vars(state))
-    progress.close()
+                break
+        done = step + 1
+        if done % t.log_every and done != self.steps:
+            return {}
+        logged = {f"train/{k}": v for k, v in averages(self.running).items()}
+        logged.update({"train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm or 0.0)})
+        self.running = {}
+        return logged
 
+    def progress_fields(self, logged: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{logged['train/loss']:.3f}", "acc": f"{logged.get('train/accuracy', float('nan')):.2f}"}
 
-def validation_metrics(cfg, accelerator, model, rows: list[dict]) -> dict:
-    from reward_model.scorer import RewardScorer
+    def evaluate(self, step: int) -> None:
+        """Validation accuracy (tie threshold calibrated on the same pairs), logged."""
+        rows = self.splits.get("val")
+        if not rows:
+            return
+        from reward_model.scorer import RewardScorer
 
-    unwrapped = accelerator.unwrap_model(model)
-    scores = score_rows(RewardScorer(unwrapped, device=accelerator.device).score, rows,
-                        unwrapped.config.num_frames, desc="validation")
-    threshold = calibrate_tie_threshold(scores.margin, [r["label"] for r in rows])
-    report = pair_report(scores, threshold)
-    return {"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy}
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        scores = score_rows(RewardScorer(unwrapped, device=self.accelerator.device).score, rows,
+                            unwrapped.config.num_frames, desc="validation")
+        report = pair_report(scores, calibrate_tie_threshold(scores.margin, [r["label"] for r in rows]))
+        self.logger.log({"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy}, step=step)
+        self.model.train()
 
+    def export(self, final_dir: Path) -> None:
+        state_dict = self.accelerator.get_state_dict(self.model)  # collective: gathers ZeRO-3 shards on every rank
+        if self.accelerator.is_main_process:
+            self.accelerator.unwrap_model(self.model).save_pretrained(final_dir, state_dict=state_dict)
+        self.accelerator.wait_for_everyone()
 
-def publish(cfg: RewardConfig, final_dir: Path, metrics: dict) -> None:
-    card_metrics = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
-    summary = (
-        "Identity-consistency reward model for multi-person videos (Bradley-Terry with ties on "
-        f"pairwise preferences), trained with identity-grpo. Backbone: `{cfg.model.backbone}`."
-    )
-    prepare_upload(final_dir, "Identity reward model", summary, card_metrics, to_dict(cfg), ["reward-model", "video"])
-    url = push_folder(final_dir, cfg.hub.repo_id, private=cfg.hub.private, commit_message="identity reward model")
-    print(f"pushed {final_dir} to {url}")
+    def final_metrics(self, train_seconds: float) -> dict:
+        """The held-out pairs, the learned model against the baseline (main process; the table is printed)."""
+        if not self.accelerator.is_main_process:
+            return {}
+        final_dir = self.output_dir / "final"
+        metrics = final_evaluation(self.cfg, self.accelerator.unwrap_model(self.model), self.splits, final_dir,
+                                   self.accelerator.device)
+        metrics["skipped_pairs"] = self.state.skipped
+        self.logger.log({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.step)
+        return metrics
+
+    def model_card(self) -> ModelCard:
+        return ModelCard(
+            title="Identity reward model",
+            summary=("Identity-consistency reward model for multi-person videos (Bradley-Terry with ties on "
+                     f"pairwise preferences), trained with identity-grpo. Backbone: `{self.cfg.model.backbone}`."),
+            tags=["reward-model", "video"],
+        )

@@ -9,30 +9,16 @@ optimizer step costs little. The result equals one process doing all the work.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from identity_grpo.grpo.config import TrainSettings
-from identity_grpo.finetune.ema import ParameterEMA
-from identity_grpo.generators.base import Generator
 from identity_grpo.finetune.lora import adapter_disabled
+from identity_grpo.finetune.policy import Policy, average_gradients
 from identity_grpo.grpo.loss import grpo_step_loss
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import recompute_log_prob
 
 STAT_NAMES = ("policy_loss", "kl_loss", "approx_kl", "clip_fraction", "ratio_mean")
-
-
-@dataclass
-class Policy:
-    """What the update trains: the LoRA on the generator's transformer."""
-
-    generator: Generator  # the view training forwards run through (guidance as configured)
-    transformer: torch.nn.Module  # carries the adapter; switching it off gives the reference policy
-    params: list[torch.nn.Parameter]  # the adapter's parameters, float32
-    optimizer: torch.optim.Optimizer
-    ema: ParameterEMA | None
 
 
 def split_for_updates(num_samples: int, updates: int, rng: torch.Generator) -> list[torch.Tensor]:
@@ -106,17 +92,6 @@ def optimizer_step(
     logged["trained_pairs"] = float(total_pairs)
     logged["skipped_updates"] = 0.0
     return logged
-
-
-def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
-    """Sum the (already 1/total-scaled) gradients over processes in one flat all-reduce; a process
-    with nothing to train contributes zeros."""
-    if accelerator.num_processes == 1:
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), "sum")
-    for param, part in zip(params, flat.split([g.numel() for g in grads])):
-        param.grad = part.view_as(param)
 
 
 def update_phase(

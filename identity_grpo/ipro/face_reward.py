@@ -1,4 +1,5 @@
-"""IPRO's face reward on real videos: insightface's detector finds faces and their five landmarks
+"""The reward IPRO backpropagates: the synthetic world's face models (world/face_models.py), or on
+real videos ArcFace: insightface's detector finds faces and their five landmarks
 (no gradient), a PyTorch ArcFace (iresnet, public arcface_torch weights) embeds ArcFace-aligned
 crops with gradients, and each prompt's pool comes from the files its manifest row lists under
 `pool_paths` (per person: the ground-truth video, or several photos), read by GRPO's FacePools.
@@ -9,13 +10,14 @@ Pools and generated faces must live in one embedding space, so FacePools is hand
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
 from identity_grpo.faces.pool_files import FacePools
-from identity_grpo.ipro.config import ArcFaceRewardSettings
+from identity_grpo.finetune.evaluation import EvalBatch, EvaluateFn
+from identity_grpo.ipro.config import ArcFaceRewardSettings, FaceRewardConfig
 from identity_grpo.faces.crop import align_faces
 from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
 from identity_grpo.faces.pool_reward import Detections, FacePool
@@ -100,3 +102,27 @@ def arcface_face_reward(settings: ArcFaceRewardSettings, device: torch.device | 
         lambda record: pool_from_manifest(faces, pools, record, settings.min_similarity),
         min_similarity=settings.min_similarity,
     )
+
+
+FaceReward = Callable[[torch.Tensor, Sequence[PromptRecord]], torch.Tensor]  # videos, records -> [B] with gradients
+
+
+def build_face_reward(cfg: FaceRewardConfig, device: torch.device | str = "cpu") -> FaceReward:
+    """The configured differentiable face reward: the synthetic world's face models or ArcFace."""
+    if cfg.kind == "world":
+        from identity_grpo.world.face_models import world_face_reward  # trains on first use
+
+        return world_face_reward(cfg.world, device)
+    return arcface_face_reward(cfg.arcface, device)
+
+
+def with_face_reward(face_reward: FaceReward, hook: EvaluateFn | None) -> EvaluateFn:
+    """The evaluation hook: the training reward as eval/face_reward, then the caller's metrics."""
+    def metrics(batch: EvalBatch) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            values = {"face_reward": face_reward(batch.videos.float(), batch.records).detach().cpu()}
+        if hook is not None:
+            values.update(hook(batch))
+        return values
+
+    return metrics

@@ -77,7 +77,7 @@ def test_two_steps_train_every_lora_parameter_and_nothing_else(data, tmp_path, k
     cfg = make_config(data, tmp_path / "run", kind, f"train.updates_per_epoch={updates}",
                       "hub.push=true", "hub.repo_id=someone/identity-grpo-lora")
     pushed = []
-    monkeypatch.setattr("identity_grpo.grpo.recipe.push_folder", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
+    monkeypatch.setattr("identity_grpo.core.recipe.push_folder", lambda folder, repo_id, **kw: pushed.append((folder, repo_id)))
     gen = build_generator(cfg.generator)
     before = frozen_state(gen)
     # The trainer seeds, then attaches the LoRA: the same on a copy gives the initial adapter.

@@ -19,7 +19,7 @@ from identity_grpo.rewards.registry import register_reward
 from identity_grpo.faces.pool_reward import Detections, FacePool
 from identity_grpo.faces.iresnet import TINY, IResNet
 from identity_grpo.ipro.last_steps import euler_step, sample_last_steps, velocity_gap
-from identity_grpo.ipro.recipe import decode, setup, train_ipro, train_step
+from identity_grpo.ipro.recipe import IproRecipe, decode, train_ipro
 from identity_grpo.finetune.lora import attach_lora, lora_parameters, lora_state_dict
 from identity_grpo.core.config_io import load_config
 
@@ -214,10 +214,11 @@ def test_accumulation_and_micro_batches_give_the_same_gradient(data, tmp_path):
     """4 samples as 4 micro-batches of 1 == as 2 of 2: the gradient is the mean over the step's samples."""
     def gradients(micro):
         cfg = ipro_config(data, tmp_path / str(micro), "vace", f"train.micro_batch_size={micro}", "train.max_grad_norm=0")
-        ipro = setup(cfg, build_generator(cfg.generator), slot_face_reward(), None, BRIGHTNESS)
-        ipro.run.policy.optimizer = NoStep()
-        logged = train_step(ipro, 0)
-        return [p.grad.clone() for p in ipro.run.policy.params], logged
+        ipro = IproRecipe(cfg, build_generator(cfg.generator), slot_face_reward(), None, BRIGHTNESS)
+        ipro.setup()
+        ipro.policy.optimizer = NoStep()
+        logged = ipro.train_step(0)
+        return [p.grad.clone() for p in ipro.policy.params], logged
 
     (one, logged_one), (two, logged_two) = gradients(1), gradients(2)
     assert sum(g.abs().sum() for g in one) > 0

@@ -8,7 +8,7 @@ import torch
 
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
 from identity_grpo.finetune.run_metrics import summarize, summary_table, win_rate
-from identity_grpo.finetune.sample_grid import sample_grid, save_grid
+from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.world.prompt_manifests import world_identity_scores, write_world_manifests
 from identity_grpo.world.clips import sample_clip
 from identity_grpo.world.identities import identity_from_id, is_heldout, num_identities

@@ -1,0 +1,196 @@
+"""The recipe skeleton every trainer runs on (stage 1, GRPO, IPRO), written once:
+
+    recipe.run():
+        setup()                      the method's models, data, optimizer (accelerator via make_accelerator)
+        resume                       accelerate state + the typed RunState from output_dir/state, if any
+        before_training()            e.g. the evaluation before any update (kept in the state)
+        loop: train_step(step)       the method's one optimizer step -> logged values
+              log, progress bar, evaluate(step) every train.eval_every, save every train.save_every and at the end
+        finish:                      final_metrics() -> export(final/) -> metrics.json -> Hub (model card)
+
+A method subclasses `Recipe` and supplies setup / train_step / evaluate / final_metrics / export /
+model_card; the loop, cadence, state, logging and publishing stay here. The config must have
+`output_dir`, `resume`, `hub` (core.sections.HubConfig), `wandb` (WandbConfig) and a `train`
+section with `eval_every` and `save_every`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
+from tqdm.auto import tqdm
+
+from identity_grpo.core.checkpointing import load_training_state, save_training_state
+from identity_grpo.core.config_io import ConfigError, to_dict
+from identity_grpo.core.hub import prepare_upload, push_folder
+from identity_grpo.core.tracking import RunLogger
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides the accelerate state; saved as JSON beside it."""
+
+    step: int = 0  # optimizer steps done
+
+
+@dataclass
+class ModelCard:
+    title: str
+    summary: str
+    tags: list[str]
+
+
+def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int = 1,
+                     engines: tuple[DistributedType, ...] = ()) -> Accelerator:
+    """The run's accelerator. `engines`: the sharding engines (DeepSpeed, FSDP) this recipe supports;
+    a launch with any other is refused before any model loads."""
+    # Several CPU processes need gloo named explicitly; GPUs use NCCL, one process needs no group.
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    kwargs = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
+    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
+                              kwargs_handlers=kwargs, cpu=not torch.cuda.is_available())
+    sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
+    if sharded and accelerator.distributed_type not in engines:
+        supported = ", ".join(e.value for e in engines) or "none"
+        raise ConfigError(f"this recipe cannot run under {accelerator.distributed_type.value} (supported engines: "
+                          f"{supported}); launch with another accelerate config (launch/accelerate/)")
+    return accelerator
+
+
+class Recipe:
+    """One training run. Subclasses set `name` and `state_class` and implement the hooks below."""
+
+    name: ClassVar[str] = "training"
+    state_class: ClassVar[type[RunState]] = RunState
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.accelerator: Accelerator | None = None  # set by setup()
+        self.logger: RunLogger | None = None
+        self.state: RunState = self.state_class()
+
+    # --- what a method supplies -------------------------------------------------------------
+    def setup(self) -> None:
+        """Build everything; must set self.accelerator (make_accelerator) and call self.start_logger()."""
+        raise NotImplementedError
+
+    def total_steps(self) -> int:
+        raise NotImplementedError
+
+    def train_step(self, step: int) -> dict[str, float]:
+        """One optimizer step (step = steps done before it); returns the values to log ({}: nothing)."""
+        raise NotImplementedError
+
+    def before_training(self) -> None:
+        """After setup and resume, before the first step."""
+
+    def evaluate(self, step: int) -> None:
+        """The periodic evaluation (logged by the method)."""
+
+    def after_step(self, logged: dict[str, float]) -> None:
+        """Update the method's part of the state from a step's logged values."""
+
+    def progress_fields(self, logged: dict[str, float]) -> dict[str, str]:
+        return {}
+
+    def on_save(self) -> None:
+        """Extra files written with every saved state (e.g. the exported LoRA)."""
+
+    def final_metrics(self, train_seconds: float) -> dict:
+        """What metrics.json holds (called on every process; may be collective)."""
+        raise NotImplementedError
+
+    def export(self, final_dir: Path) -> None:
+        """Write the trained model into final_dir (called on every process; the main one writes)."""
+        raise NotImplementedError
+
+    def summary(self, metrics: dict) -> str:
+        """The table printed at the end ("" prints nothing)."""
+        return ""
+
+    def model_card(self) -> ModelCard:
+        raise NotImplementedError
+
+    # --- the skeleton -----------------------------------------------------------------------
+    def run(self) -> dict:
+        """Set up, resume, train, finish; returns what metrics.json holds."""
+        self.setup()
+        self.resume()
+        self.before_training()
+        started = time.perf_counter()
+        self.train_loop()
+        return self.finish(time.perf_counter() - started)
+
+    def start_logger(self) -> None:
+        c = self.cfg
+        self.logger = RunLogger(self.output_dir, c.wandb.project, c.wandb.mode, to_dict(c), c.wandb.run_name,
+                                enabled=self.accelerator.is_main_process)
+
+    def resume(self) -> None:
+        saved = load_training_state(self.accelerator, self.output_dir) if self.cfg.resume else None
+        if saved is None:
+            return
+        known = {f.name for f in fields(self.state_class)}
+        self.state = self.state_class(**{k: v for k, v in saved.items() if k in known})
+        self.accelerator.print(f"resumed from {self.output_dir / 'state'} at step {self.state.step}")
+
+    def train_loop(self) -> None:
+        t, total = self.cfg.train, self.total_steps()
+        progress = tqdm(total=total, initial=self.state.step, desc=self.name,
+                        disable=not self.accelerator.is_local_main_process)
+        while self.state.step < total:
+            logged = self.train_step(self.state.step)
+            self.state.step += 1
+            step = self.state.step
+            self.after_step(logged)
+            if logged:
+                self.logger.log(logged, step=step)
+                progress.set_postfix(self.progress_fields(logged))
+            progress.update(1)
+            # The last step is followed by the final evaluation: no periodic one there.
+            if t.eval_every and step % t.eval_every == 0 and step < total:
+                self.evaluate(step)
+            if (t.save_every and step % t.save_every == 0) or step == total:
+                self.save()
+        progress.close()
+
+    def save(self) -> None:
+        """Resumable state (accelerate's, with the typed RunState) and the method's extra files."""
+        save_training_state(self.accelerator, self.output_dir, asdict(self.state))
+        self.on_save()
+        self.accelerator.wait_for_everyone()
+
+    def finish(self, train_seconds: float) -> dict:
+        accelerator = self.accelerator
+        final_dir = self.output_dir / "final"
+        metrics = self.final_metrics(train_seconds)
+        self.export(final_dir)
+        if accelerator.is_main_process:
+            (self.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            if self.cfg.hub.push:
+                self.publish(final_dir, metrics)
+        accelerator.wait_for_everyone()
+        table = self.summary(metrics)
+        if table:
+            accelerator.print(table)
+        self.logger.finish()
+        accelerator.end_training()
+        return metrics
+
+    def publish(self, final_dir: Path, metrics: dict) -> None:
+        """final_dir with a model card (its numbers: metrics.json's top level and both evaluations) to the Hub."""
+        card = self.model_card()
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        for phase in ("eval_before", "eval_after"):
+            numbers.update({f"{phase}/{k.removeprefix('eval/')}": v for k, v in (metrics.get(phase) or {}).items()})
+        prepare_upload(final_dir, card.title, card.summary, numbers, to_dict(self.cfg), card.tags)
+        url = push_folder(final_dir, self.cfg.hub.repo_id, private=self.cfg.hub.private, commit_message=card.title)
+        print(f"pushed {final_dir} to {url}")

@@ -1,0 +1,132 @@
+"""Held-out evaluation of a fine-tuning run (GRPO and IPRO alike), and the initial noise the report
+reuses so its samples equal the trainer's.
+
+Every held-out prompt is sampled with the evaluation sampler (sampling.eval_noise, eval_steps)
+from noise fixed by its index (Stream.EVAL_NOISE), with the policy's evaluation weights (GRPO: the
+EMA), scored by the configured rewards and the evaluation hook; the mean of every metric is logged
+as eval/<name>. The main process saves a grid of the first prompts' clips under output_dir/samples.
+"""
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.core.seeds import Stream, stream_rng
+from identity_grpo.core.tracking import RunLogger
+from identity_grpo.core.video_grid import sample_grid, save_grid
+from identity_grpo.finetune.batches import SampleSlot, sampling_batches
+from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.generators.base import Conditions, Generator
+from identity_grpo.rewards.registry import WeightedRewards
+
+
+@dataclass
+class EvalBatch:
+    """One evaluation batch, as an `evaluate_fn` hook sees it (on the process that generated it)."""
+
+    videos: torch.Tensor  # [B, F, H, W, 3] float in [0, 1], generated with the evaluation weights
+    records: list[PromptRecord]  # the B prompts, their references and extra manifest fields
+    reward: torch.Tensor  # [B] the weighted total of the configured rewards
+    rewards: dict[str, torch.Tensor]  # name -> [B], each configured reward
+    step: int  # training steps done
+
+
+# Per-sample metrics {name: [B]}; the evaluation averages them over all held-out prompts.
+EvaluateFn = Callable[[EvalBatch], dict[str, torch.Tensor]]
+
+
+def held_out_noise(generator: Generator, conds: Conditions, seed: int, prompt_indices: Sequence[int]) -> torch.Tensor:
+    """[B, C, T, H, W]: each sample's initial noise drawn from its prompt index alone, so every
+    evaluation (and any batching, and the report) starts a prompt from the same noise."""
+    return torch.cat([generator.initial_noise(conds.select([j]), stream_rng(seed, Stream.EVAL_NOISE, i))
+                      for j, i in enumerate(prompt_indices)])
+
+
+def evaluation_sampler_rng(seed: int, first_prompt_index: int) -> torch.Generator:
+    """The per-step noise of a stochastic evaluation sampler (an ODE draws none)."""
+    return stream_rng(seed, Stream.EVAL_SDE, first_prompt_index)
+
+
+class Evaluator:
+    def __init__(self, accelerator: Accelerator, generator: Generator, records: list[PromptRecord],
+                 rewards: WeightedRewards, evaluate_fn: EvaluateFn | None, sampling, seed: int,
+                 weights: Callable[[], AbstractContextManager], logger: RunLogger, output_dir: Path, num_steps: int):
+        """generator: the evaluation view (evaluation resolution); sampling: the config's sampling
+        section (eval_steps, eval_noise, eval_batch_size, grid_prompts); weights: a context that puts
+        the evaluation weights in place; num_steps: the run's last step (its grid gets before | after)."""
+        self.accelerator, self.generator, self.records = accelerator, generator, records
+        self.rewards, self.evaluate_fn, self.sampling, self.seed = rewards, evaluate_fn, sampling, seed
+        self.weights, self.logger, self.num_steps = weights, logger, num_steps
+        self.samples_dir = Path(output_dir) / "samples"
+
+    @torch.no_grad()
+    def __call__(self, step: int) -> dict:
+        """Returns {"mean": {eval/<metric>: mean over all prompts} (eval/reward: the weighted total,
+        eval/reward/<name>, eval/<hook metric>), "per_prompt": {prompt index (str): {metric: value}}}."""
+        accelerator = self.accelerator
+        indices = range(accelerator.process_index, len(self.records), accelerator.num_processes)
+        counts = [len(r.references) for r in self.records]
+        results: list[tuple[int, dict[str, float]]] = []
+        shown: list[tuple[int, torch.Tensor]] = []  # (prompt index, clip [T, H, W, 3]) for the grid
+        with self.weights():
+            for batch in sampling_batches([SampleSlot(i, i) for i in indices], counts, self.sampling.eval_batch_size):
+                batch_indices = [slot.prompt_index for slot in batch]
+                batch_results, videos = self.evaluate_batch(batch_indices, step)
+                results += batch_results
+                shown += list(zip(batch_indices, videos))[: self.sampling.grid_prompts - len(shown)]
+        every = dict(gather_object(results))  # keyed by prompt index: one entry per held-out prompt
+        names = sorted({name for values in every.values() for name in values})
+        averaged = {f"eval/{name}": sum(v[name] for v in every.values()) / len(every) for name in names}
+        self.logger.log(averaged, step=step)
+        if accelerator.is_main_process and shown:
+            self.save_samples(step, shown)
+        return {"mean": averaged, "per_prompt": {str(i): values for i, values in sorted(every.items())}}
+
+    def evaluate_batch(self, indices: list[int], step: int) -> tuple[list[tuple[int, dict[str, float]]], torch.Tensor]:
+        """Per prompt of the batch, its metrics; and the clips [B, T, H, W, 3] on the CPU."""
+        gen, s = self.generator, self.sampling
+        records = [self.records[i] for i in indices]
+        references = [r.load_references() for r in records]
+        prompts = [r.prompt for r in records]
+        conds = gen.encode_conditions(prompts, references)
+        noise = held_out_noise(gen, conds, self.seed, indices)
+        with self.accelerator.autocast():
+            trajectory = sample_with_log_probs(gen, conds, gen.sigmas(s.eval_steps), s.eval_noise,
+                                               evaluation_sampler_rng(self.seed, indices[0]), initial_noise=noise)
+        videos = gen.decode(trajectory.final_latents)
+        total, per_reward = self.rewards(videos, references, prompts, records=records)
+        metrics = {"reward": total, **{f"reward/{name}": value for name, value in per_reward.items()}}
+        if self.evaluate_fn is not None:
+            for name, value in self.evaluate_fn(EvalBatch(videos, records, total, per_reward, step)).items():
+                value = torch.as_tensor(value).detach().float().cpu().reshape(-1)
+                if value.shape != (len(indices),):
+                    raise ValueError(f"evaluate_fn: metric {name!r} has {value.numel()} values for {len(indices)} samples")
+                metrics[name] = value
+        per_prompt = [(i, {name: float(value[j]) for name, value in metrics.items()}) for j, i in enumerate(indices)]
+        return per_prompt, videos.cpu()
+
+    def save_samples(self, step: int, shown: list[tuple[int, torch.Tensor]]) -> None:
+        """samples/step_NNNNN.{mp4,gif,png}: references | this evaluation's clips; after the last step
+        also before_after.*: references | before | after (the step-0 clips are kept for it)."""
+        folder = self.samples_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        indices = [i for i, _ in shown]
+        videos = torch.stack([v for _, v in shown]).float()
+        references = [self.records[i].load_references() for i in indices]
+        mp4 = save_grid(sample_grid({f"step {step}": videos}, references), folder / f"step_{step:05d}")[0]
+        self.logger.log_video("eval/samples", mp4, step)
+        before_path = folder / "before.pt"
+        if step == 0:
+            torch.save({"indices": indices, "videos": videos.half()}, before_path)
+        elif step == self.num_steps and before_path.is_file():
+            before = torch.load(before_path, weights_only=True)
+            if before["indices"] == indices:
+                save_grid(sample_grid({"before": before["videos"].float(), f"after {step} steps": videos}, references),
+                          folder / "before_after")

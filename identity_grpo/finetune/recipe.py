@@ -1,0 +1,172 @@
+"""What GRPO and IPRO share around their training steps: prompts, the generator with a LoRA, the
+held-out evaluation before, during and after training, checkpoints and the exported LoRA.
+
+    setup(): accelerator, prompts (the synthetic world writes its own), generator, the method's
+             reward (build_reward), the LoRA (+ gradient checkpointing), the method's optimizer,
+             the evaluator (with the method's evaluation rewards and hook)
+    before_training(): the evaluation before any update, kept in the state (a resumed run still reports it)
+    finish: the evaluation after, metrics.json's summary (run_metrics.py), the LoRA in final/
+
+A method subclasses `FinetuneRecipe` and supplies build_reward, make_optimizer, evaluation_rewards,
+train_step (and optionally the evaluation hook and the EMA).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+
+from identity_grpo.core.config_io import save_config
+from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
+from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
+from identity_grpo.finetune.batches import GroupSampler
+from identity_grpo.finetune.config import DataConfig
+from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
+from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora
+from identity_grpo.finetune.policy import Policy
+from identity_grpo.finetune.run_metrics import summarize, summary_table
+from identity_grpo.generators.base import Generator, at_resolution
+from identity_grpo.generators.factory import build_generator
+from identity_grpo.rewards.registry import WeightedRewards
+from identity_grpo.world.prompt_manifests import world_identity_metrics, write_world_manifests
+
+
+@dataclass
+class FinetuneState(RunState):
+    eval_before: dict | None = None  # the evaluation before any update (run_metrics' format)
+    last_kl: float | None = None  # the KL logged by the last step
+
+
+def load_prompts(data: DataConfig, accelerator: Accelerator,
+                 evaluate_fn: EvaluateFn | None) -> tuple[list[PromptRecord], list[PromptRecord], EvaluateFn | None]:
+    """Training and held-out prompt records; with the synthetic world enabled its manifests are
+    written first and its identity measure becomes the evaluation hook (unless one is given)."""
+    train_manifest, eval_manifest = data.train_manifest, data.eval_manifest
+    if data.world.enabled:
+        w = data.world
+        with accelerator.main_process_first():  # one process writes, the others read
+            train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
+        evaluate_fn = evaluate_fn or world_identity_metrics
+    train_records = load_prompt_manifest(train_manifest, data.check_files)
+    eval_records = load_prompt_manifest(eval_manifest, data.check_files) if eval_manifest else []
+    return train_records, eval_records, evaluate_fn
+
+
+class FinetuneRecipe(Recipe):
+    state_class = FinetuneState
+    method: ClassVar[str] = ""  # "GRPO" / "IPRO": the model card's words and the config file's name
+    kl_key: ClassVar[str] = ""  # the logged value that becomes state.last_kl
+
+    def __init__(self, cfg, generator: Generator | None = None, evaluate_fn: EvaluateFn | None = None):
+        super().__init__(cfg)
+        self.generator = generator  # a given generator is already on the accelerator's device
+        self.evaluate_fn = evaluate_fn
+        self.state: FinetuneState
+
+    # --- what a method supplies -------------------------------------------------------------
+    def validate_inputs(self) -> None:
+        raise NotImplementedError
+
+    def build_reward(self) -> None:
+        """The training reward (built after the generator, before the LoRA: the seed order of every run)."""
+        raise NotImplementedError
+
+    def make_optimizer(self, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def make_ema(self, params: list[torch.nn.Parameter]):
+        return None
+
+    def evaluation_rewards(self) -> WeightedRewards:
+        raise NotImplementedError
+
+    def evaluation_hook(self, hook: EvaluateFn | None) -> EvaluateFn | None:
+        return hook
+
+    def sampler_shape(self) -> tuple[int, int]:
+        """(group size, groups per step) of the training samples."""
+        raise NotImplementedError
+
+    def policy_view(self) -> Generator:
+        """The generator view training forwards run through."""
+        return self.generator
+
+    # --- shared setup and evaluation --------------------------------------------------------
+    def setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.validate_inputs()
+        self.accelerator = accelerator = make_accelerator(t.mixed_precision)
+        cfg.validate_processes(accelerator.num_processes)
+        set_seed(t.seed)  # before the LoRA is attached: its initial values follow the seed
+        self.train_records, self.eval_records, hook = load_prompts(cfg.data, accelerator, self.evaluate_fn)
+        if self.generator is None:
+            self.generator = build_generator(cfg.generator, accelerator.device)
+        self.build_reward()
+        transformer = self.generator.trainable_module()
+        params = attach_lora(transformer, cfg.lora)
+        if t.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
+        transformer.eval()
+        optimizer = accelerator.prepare(self.make_optimizer(params))
+        self.policy = Policy(self.policy_view(), transformer, params, optimizer, self.make_ema(params))
+        accelerator.register_for_checkpointing(LoraCheckpoint(transformer))
+        if self.policy.ema is not None:
+            accelerator.register_for_checkpointing(self.policy.ema)
+        group_size, groups = self.sampler_shape()
+        self.sampler = GroupSampler(len(self.train_records), group_size, groups, accelerator.num_processes,
+                                    accelerator.process_index, t.seed)
+        self.start_logger()
+        s = cfg.sampling
+        self.evaluator = Evaluator(
+            accelerator, at_resolution(self.generator, s.eval_height, s.eval_width, s.eval_num_frames),
+            self.eval_records, self.evaluation_rewards(), self.evaluation_hook(hook), s, t.seed,
+            self.policy.ema_weights, self.logger, self.output_dir, t.num_steps)
+
+    def total_steps(self) -> int:
+        return self.cfg.train.num_steps
+
+    def before_training(self) -> None:
+        if self.eval_records and self.state.eval_before is None:
+            self.state.eval_before = self.evaluator(step=0)
+
+    def after_step(self, logged: dict[str, float]) -> None:
+        self.state.last_kl = logged.get(self.kl_key)
+
+    def evaluate(self, step: int) -> None:
+        if self.eval_records:
+            self.evaluator(step)
+
+    def on_save(self) -> None:
+        """The LoRA a pipeline can load (evaluation weights), beside every saved state."""
+        if self.accelerator.is_main_process:
+            with self.policy.ema_weights():
+                export_lora(self.policy.transformer, self.output_dir / "lora")
+
+    # --- finish -----------------------------------------------------------------------------
+    def final_metrics(self, train_seconds: float) -> dict:
+        after = self.evaluator(step=self.state.step) if self.eval_records else None
+        return summarize(self.state.step, self.state.eval_before, after, self.state.last_kl, train_seconds)
+
+    def export(self, final_dir: Path) -> None:
+        """final/: the LoRA (evaluation weights, diffusers naming) and the config."""
+        if self.accelerator.is_main_process:
+            with self.policy.ema_weights():
+                export_lora(self.policy.transformer, final_dir)
+            save_config(self.cfg, final_dir / f"{self.method.lower()}_config.yaml")
+
+    def summary(self, metrics: dict) -> str:
+        return summary_table(metrics)
+
+    def model_card(self) -> ModelCard:
+        g = self.cfg.generator
+        return ModelCard(
+            title=f"Identity-preserving LoRA ({self.method})",
+            summary=(f"A LoRA for `{g.pretrained}` ({g.kind}) trained with {self.method} to keep every person's "
+                     "identity in multi-person videos (identity-grpo). Load it with the diffusers Wan pipeline's "
+                     "`load_lora_weights`."),
+            tags=["lora", "video", self.method.lower(), "wan"],
+        )
