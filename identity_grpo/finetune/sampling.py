@@ -1,6 +1,7 @@
-"""The denoising loop, written out: a generator predicts velocities, sde.sde_step moves the
-latents and scores the move. Sampling records every latent and log-prob; training recomputes
-the log-prob of one stored transition under the current (LoRA-updated) policy.
+"""The denoising loop, written out: a generator predicts velocities, the noise schedule's step
+(sde.sde_step or sde.cps_step) moves the latents and scores the move. Sampling records every
+latent and log-prob; training recomputes the log-prob of one stored transition under the current
+(LoRA-updated) policy.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.finetune.rollout import Trajectory
-from identity_grpo.finetune.sde import NoiseSchedule, SdeStep, sde_step
+from identity_grpo.finetune.sde import NoiseSchedule, SdeStep
 
 
 @torch.no_grad()
@@ -41,7 +42,7 @@ def sample_with_log_probs(
         noise = None
         if bool((scale > 0).any()):
             noise = torch.randn(x.shape, generator=rng, dtype=torch.float32).to(x.device)
-        step = sde_step(x, v, sigma, sigma_next, scale, noise=noise)
+        step = noise_schedule.step(x, v, sigma, sigma_next, noise=noise, scale=scale)
         x = step.x_next
         latents.append(x)
         log_probs.append(step.log_prob)
@@ -68,4 +69,4 @@ def recompute_log_prob(
     sigma = torch.as_tensor(sigma, dtype=torch.float32, device=latents_t.device).expand(batch)
     sigma_next = torch.as_tensor(sigma_next, dtype=torch.float32, device=latents_t.device).expand(batch)
     v = generator.predict_velocity(latents_t.float(), sigma, conds)
-    return sde_step(latents_t, v, sigma, sigma_next, noise_schedule.scale(sigma, sigma_next), x_next=latents_next)
+    return noise_schedule.step(latents_t, v, sigma, sigma_next, x_next=latents_next)

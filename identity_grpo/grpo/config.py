@@ -135,7 +135,7 @@ def _validate_sampling(s: SamplingConfig) -> None:
     check_options("sampling.noise", s.noise)
     check_options("sampling.eval_noise", s.eval_noise)
     if s.noise.kind == "ode":
-        raise ConfigError("sampling.noise.kind: 'ode' has no log-probabilities to train on; use flow_grpo or linear")
+        raise ConfigError("sampling.noise.kind: 'ode' has no log-probabilities to train on; use flow_grpo, linear or cps")
     if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
         raise ConfigError("sampling.eval_height/eval_width/eval_num_frames/grid_prompts must be >= 0, eval_batch_size >= 1")
 

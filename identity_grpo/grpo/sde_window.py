@@ -10,14 +10,15 @@ from dataclasses import dataclass
 
 import torch
 
-from identity_grpo.finetune.sde import NoiseSchedule
+from identity_grpo.finetune.sde import NoiseSchedule, SdeStep
 
 
 @dataclass
 class WindowedNoiseSchedule:
     """`base`'s noise scale on steps [start, start + size) of the schedule `sigmas`, 0 elsewhere.
 
-    Has NoiseSchedule's `scale(sigma, sigma_next)`; a step is recognised by its sigma, which lies in
+    Has NoiseSchedule's `scale(sigma, sigma_next)` and `step(...)` (base's sampler, SDE or CPS, whose
+    noise parameter 0 is the Euler step); a step is recognised by its sigma, which lies in
     (sigmas[start + size], sigmas[start]] exactly when it is one of the window's steps.
     """
 
@@ -37,6 +38,10 @@ class WindowedNoiseSchedule:
         low = float(self.sigmas[self.start + self.size])
         inside = (sigma <= high) & (sigma > low)
         return torch.where(inside, self.base.scale(sigma, sigma_next), torch.zeros_like(sigma))
+
+    def step(self, x, v, sigma, sigma_next, noise=None, x_next=None, scale=None) -> SdeStep:
+        scale = self.scale(sigma, sigma_next) if scale is None else scale
+        return self.base.step(x, v, sigma, sigma_next, noise=noise, x_next=x_next, scale=scale)
 
 
 def draw_window_start(num_steps: int, size: int, start_range: list[int], rng: torch.Generator) -> int:

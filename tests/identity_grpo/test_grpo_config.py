@@ -98,6 +98,8 @@ def test_group_batch_that_does_not_split_names_the_fields(inputs):
     ("generator.phantom_checkpoint=PATH/phantom.pth", r"generator\.phantom_checkpoint: only for generator\.kind = phantom"),
     ("sampling.noise.kind=ode", r"sampling\.noise\.kind: 'ode' has no log-probabilities"),
     ("sampling.noise.eta=-1", r"sampling\.noise: .*must be >= 0"),
+    ("sampling.noise.noise_level=1.5", r"sampling\.noise: .*noise_level must be in \[0, 1\]"),
+    ("sampling.noise.kind=ddim", r"sampling\.noise\.kind' must be one of"),
     ("generator.vace.height=0", r"generator\.vace: .*must be positive"),
     ("train.group_size=1", r"train\.group_size must be >= 2"),
     ("train.ema_decay=1.0", r"train\.ema_decay must be in \[0, 1\)"),
@@ -110,6 +112,11 @@ def test_group_batch_that_does_not_split_names_the_fields(inputs):
 def test_bad_values_name_their_field(inputs, override, message):
     with pytest.raises(ConfigError, match=message):
         tiny(inputs, "train.eval_every=5", override.replace("PATH", str(inputs)))
+
+
+def test_cps_noise_is_accepted(inputs):
+    noise = tiny(inputs, "sampling.noise.kind=cps", "sampling.noise.noise_level=0.8", "train.sde_window_size=3").sampling.noise
+    assert (noise.kind, noise.noise_level) == ("cps", 0.8)
 
 
 def test_window_range_must_fit_the_steps(inputs):

@@ -1,5 +1,5 @@
-"""The written-out sampler on a tiny VACE model: the on-policy check, ODE = Euler, seeding,
-and the Rollout record built from a trajectory."""
+"""The written-out sampler on a tiny VACE model: the on-policy check (SDE and CPS, also in an SDE
+window), ODE = Euler, seeding, and the Rollout record built from a trajectory."""
 import numpy as np
 import pytest
 import torch
@@ -9,8 +9,10 @@ from identity_grpo.generators.vace import VaceOptions
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import recompute_log_prob, sample_with_log_probs
 from identity_grpo.finetune.sde import NoiseSchedule
+from identity_grpo.grpo.sde_window import WindowedNoiseSchedule
 
 SDE = NoiseSchedule("flow_grpo", eta=0.7)
+CPS = NoiseSchedule("cps", noise_level=0.8)
 STEPS = 4
 
 
@@ -26,14 +28,14 @@ def make_conds(gen, batch):
     return gen.encode_conditions(prompts, refs), refs
 
 
-def max_ratio_error(gen, conds, traj, micro_batch):
+def max_ratio_error(gen, conds, traj, micro_batch, schedule=SDE, steps=range(STEPS)):
     worst = 0.0
     for start in range(0, conds.batch_size, micro_batch):
         rows = list(range(start, min(start + micro_batch, conds.batch_size)))
-        for i in range(STEPS):
+        for i in steps:
             step = recompute_log_prob(
                 gen, conds.select(rows), traj.latents[rows, i], traj.latents[rows, i + 1],
-                traj.sigmas[i], traj.sigmas[i + 1], SDE,
+                traj.sigmas[i], traj.sigmas[i + 1], schedule,
             )
             ratio = torch.exp(step.log_prob - traj.log_probs[rows, i])
             worst = max(worst, (ratio - 1).abs().max().item())
@@ -46,6 +48,35 @@ def test_recomputed_log_probs_equal_sampled_ones(gen, batch, micro_batch):
     traj = sample_with_log_probs(gen, conds, gen.sigmas(STEPS), SDE, torch.Generator().manual_seed(3))
     assert torch.isfinite(traj.log_probs).all()
     assert max_ratio_error(gen, conds, traj, micro_batch) < 1e-5
+
+
+@pytest.mark.parametrize("batch, micro_batch", [(4, 4), (4, 1)])
+def test_cps_recomputed_log_probs_equal_sampled_ones(gen, batch, micro_batch):
+    conds, _ = make_conds(gen, batch)
+    traj = sample_with_log_probs(gen, conds, gen.sigmas(STEPS), CPS, torch.Generator().manual_seed(3))
+    # The last step (sigma_next = 0) is deterministic under CPS: no density, never trained.
+    assert torch.isfinite(traj.log_probs[:, :-1]).all() and torch.isnan(traj.log_probs[:, -1]).all()
+    assert max_ratio_error(gen, conds, traj, micro_batch, CPS, range(STEPS - 1)) < 1e-5
+    i, sigma, sigma_next = 1, traj.sigmas[1], traj.sigmas[2]
+    with torch.no_grad():
+        step = recompute_log_prob(gen, conds, traj.latents[:, i], traj.latents[:, i + 1], sigma, sigma_next, CPS)
+    std = sigma_next * torch.sin(torch.tensor(0.8 * torch.pi / 2))
+    direct = torch.distributions.Normal(step.mean, std).log_prob(traj.latents[:, i + 1]).flatten(1).mean(1)
+    torch.testing.assert_close(traj.log_probs[:, i], direct, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("schedule", [SDE, CPS], ids=["flow_grpo", "cps"])
+def test_window_noises_only_its_steps_and_stays_on_policy(gen, schedule):
+    conds, _ = make_conds(gen, 2)
+    sigmas = gen.sigmas(STEPS)
+    window = WindowedNoiseSchedule(schedule, sigmas, start=1, size=2)
+    noise = gen.initial_noise(conds, torch.Generator().manual_seed(7))
+    traj = sample_with_log_probs(gen, conds, sigmas, window, torch.Generator().manual_seed(8), initial_noise=noise)
+    assert torch.isfinite(traj.log_probs).all(dim=0).tolist() == [False, True, True, False]
+    assert max_ratio_error(gen, conds, traj, 2, window, [1, 2]) < 1e-5
+    with torch.no_grad():  # step 0, outside the window, is the Euler step
+        euler = noise + gen.predict_velocity(noise, sigmas[0].expand(2), conds) * (sigmas[1] - sigmas[0])
+    torch.testing.assert_close(traj.latents[:, 1], euler, rtol=0, atol=1e-6)
 
 
 def test_recompute_has_gradient_for_the_transformer(gen):
