@@ -15,18 +15,20 @@ A share of every kind (NUISANCE_SHARE) has both clips blurred alike: generated v
 soft, and a blur that both clips share must not decide the preference.
 Train and val pairs show training identities only, test pairs held-out identities only.
 Every pair is generated from its own seed (seed, split, index), so the result does not depend
-on the number of workers. A finished build is recorded in build.json; running again with the
-same settings does nothing.
+on the number of workers. Every file written is listed in the folder's build manifest
+(identity_grpo.core.owned_folder): a folder holding other files is refused, running again with
+the same settings does nothing, other settings remove the old build's files and only those.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
-import shutil
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -36,14 +38,17 @@ from tqdm.auto import tqdm
 
 from identity_grpo.world.distortions import DISTORTIONS, apply_distortion
 from reward_model.pairs import write_pairs
-from identity_grpo.world.clips import sample_clip
+from identity_grpo.core.owned_folder import BuildRefused, OwnedFolder, claim
+from identity_grpo.world.clips import sample_clip, scale_range
 from identity_grpo.world.identities import FACE_ATTRIBUTES, face_differences, look_alike, sample_identities
 from identity_grpo.world.render import render_reference
 from identity_grpo.core.video import write_image, write_video
 
 BUILD_VERSION = 2  # bump when the world or the pair recipe changes, so old builds are redone
+WRITER = "reward_model.build_pairs"  # the owner named in the folder's manifest
 SPLITS = ("train", "val", "test")
 SPLIT_IDENTITIES = {"train": "train", "val": "train", "test": "heldout"}
+MAX_PEOPLE = 3  # people per clip: 2 to this many
 KINDS = tuple(DISTORTIONS)
 # Shares of each pair type; the remainder after these is clean vs distorted.
 MILD_SEVERE_SHARE = 0.15
@@ -111,10 +116,22 @@ def _ensure_reference(out_dir: Path, identity, size: int) -> None:
     os.replace(temporary, path)
 
 
+def _draw_people(spec: PairSpec, seed: int) -> tuple[np.random.Generator, list]:
+    """The pair's generator and its people, the generator's first draws."""
+    rng = np.random.default_rng([seed, SPLITS.index(spec.split), spec.index])
+    return rng, sample_identities(rng, int(rng.integers(2, MAX_PEOPLE + 1)), SPLIT_IDENTITIES[spec.split])
+
+
+def _pair_files(spec: PairSpec, seed: int) -> list[str]:
+    """The files make_pair writes for `spec` (its references too), known before it runs."""
+    stem = f"videos/{spec.split}/{spec.index:06d}"
+    references = [str(_reference_path(Path("."), p.id)) for p in _draw_people(spec, seed)[1]]
+    return [f"{stem}_a.mp4", f"{stem}_b.mp4", *references]
+
+
 def make_pair(spec: PairSpec, settings: BuildSettings, out_dir: Path) -> dict:
     """Render, distort and write one pair; returns its manifest row (paths relative to out_dir)."""
-    rng = np.random.default_rng([settings.seed, SPLITS.index(spec.split), spec.index])
-    people = sample_identities(rng, int(rng.integers(2, 4)), SPLIT_IDENTITIES[spec.split])
+    rng, people = _draw_people(spec, settings.seed)
     shape = dict(num_frames=settings.num_frames, height=settings.height, width=settings.width)
     clip = sample_clip(rng, people, **shape)
     severity = severity_other = None
@@ -189,23 +206,22 @@ def _make_pairs(args: tuple[list[PairSpec], BuildSettings, Path]) -> list[dict]:
     return [make_pair(spec, settings, out_dir) for spec in specs]
 
 
-def _is_complete(out_dir: Path, settings: BuildSettings) -> bool:
-    record = out_dir / "build.json"
-    if not record.is_file():
-        return False
+def check_build(out_dir: str | Path, settings: BuildSettings, workers: int = 1) -> OwnedFolder:
+    """The output folder, claimed; BuildRefused, before anything is changed, for an argument the
+    build cannot use or a folder holding files this builder did not write."""
+    for name in ("num_train", "num_val", "num_test", "num_frames", "height", "width", "reference_size", "seed"):
+        value, least = getattr(settings, name), 0 if name == "seed" else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise BuildRefused(f"{name} must be an integer >= {least}, got {value!r}")
+    if not (math.isfinite(settings.fps) and settings.fps > 0):
+        raise BuildRefused(f"fps must be a number > 0, got {settings.fps}")
+    if not isinstance(workers, int) or workers < 1:
+        raise BuildRefused(f"workers must be an integer >= 1, got {workers!r}")
     try:
-        stored = json.loads(record.read_text())["settings"]
-    except (json.JSONDecodeError, KeyError):
-        return False
-    return stored == asdict(settings) and all((out_dir / f"{s}.jsonl").is_file() for s in SPLITS)
-
-
-def _clear(out_dir: Path) -> None:
-    """Remove what an earlier (other or unfinished) build left; nothing else in out_dir."""
-    for name in ("build.json", *(f"{s}.jsonl" for s in SPLITS)):
-        (out_dir / name).unlink(missing_ok=True)
-    for folder in ("videos", "references"):
-        shutil.rmtree(out_dir / folder, ignore_errors=True)
+        scale_range(MAX_PEOPLE, settings.height, settings.width)  # the world's own size rule
+    except ValueError as error:
+        raise BuildRefused(f"height x width: {error}") from None
+    return claim(out_dir, WRITER)
 
 
 def build_synthetic_pairs(
@@ -216,14 +232,16 @@ def build_synthetic_pairs(
     """Build (or find already built) the synthetic pairs; returns split -> manifest path."""
     out_dir = Path(out_dir)
     settings = BuildSettings(num_train, num_val, num_test, seed, num_frames, height, width, float(fps), reference_size)
+    folder = check_build(out_dir, settings, workers)
     manifests = {split: out_dir / f"{split}.jsonl" for split in SPLITS}
-    if _is_complete(out_dir, settings):
+    if folder.complete and folder.settings == asdict(settings) and folder.intact(folder.listed()):
         return manifests
-    _clear(out_dir)
-    (out_dir / "references").mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    folder.remove(folder.listed())  # what an earlier (other or unfinished) build left; nothing else
+    folder.begin(asdict(settings))
     counts = dict(zip(SPLITS, (num_train, num_val, num_test)))
     specs = [spec for split in SPLITS for spec in plan_split(split, counts[split], seed)]
+    written = sorted({path for spec in specs for path in _pair_files(spec, seed)})
+    folder.plan(written)
     chunks = [specs[i : i + 32] for i in range(0, len(specs), 32)]
     bar = tqdm(total=len(specs), desc="building synthetic pairs", unit="pair", disable=not progress)
     rows: list[dict] = []
@@ -239,11 +257,10 @@ def build_synthetic_pairs(
                 rows += chunk_rows
                 bar.update(len(job[0]))
     bar.close()
-    for split in SPLITS:
-        write_pairs(manifests[split], [row for row in rows if row["pair_id"].startswith(f"{split}-")])
-    seconds = time.perf_counter() - start
-    record = {"settings": asdict(settings), "counts": counts, "seconds": round(seconds, 2)}
-    (out_dir / "build.json").write_text(json.dumps(record, indent=2) + "\n")  # last: marks the build complete
+    folder.record(written)
+    by_split = {split: [row for row in rows if row["pair_id"].startswith(f"{split}-")] for split in SPLITS}
+    folder.write({f"{split}.jsonl": partial(write_pairs, rows=by_split[split]) for split in SPLITS})
+    folder.finish()  # last: marks the build complete
     return manifests
 
 
@@ -262,10 +279,14 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    manifests = build_synthetic_pairs(
-        args.out, args.train, args.val, args.test, seed=args.seed, num_frames=args.num_frames, height=args.height,
-        width=args.width, fps=args.fps, reference_size=args.reference_size, workers=args.workers,
-    )
+    try:
+        manifests = build_synthetic_pairs(
+            args.out, args.train, args.val, args.test, seed=args.seed, num_frames=args.num_frames, height=args.height,
+            width=args.width, fps=args.fps, reference_size=args.reference_size, workers=args.workers,
+        )
+    except BuildRefused as error:
+        print(f"build_pairs: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     total = args.train + args.val + args.test
     print(f"{total} pairs in {args.out} ({time.perf_counter() - start:.1f} s): "
           + ", ".join(f"{split} {path}" for split, path in manifests.items()))

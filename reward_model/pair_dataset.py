@@ -14,6 +14,8 @@ from torch.utils.data import Dataset
 
 from reward_model.config import DataConfig
 from reward_model.pairs import load_pairs
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.core.owned_folder import BuildRefused
 from identity_grpo.core.video import VideoReadError, read_image, read_video
 
 LABEL_TO_INDEX = {"a": 0, "b": 1, "tie": 2}
@@ -84,12 +86,16 @@ def load_splits(cfg: DataConfig, accelerator) -> dict[str, list[dict]]:
     """Manifest rows per split, validated up front; synthetic pairs are built when none are given."""
     paths = {"train": cfg.train_manifest, "val": cfg.val_manifest, "test": cfg.test_manifest}
     if not cfg.train_manifest:
-        from reward_model.build_pairs import build_synthetic_pairs
+        from reward_model.build_pairs import BuildSettings, build_synthetic_pairs, check_build
 
         s = cfg.synthetic
+        shape = dict(seed=s.seed, num_frames=s.num_frames, height=s.height, width=s.width)
+        try:  # on every process: a refusal stops them all, none is left waiting for the build
+            check_build(s.out_dir, BuildSettings(s.num_train, s.num_val, s.num_test, **shape))
+        except BuildRefused as error:
+            raise ConfigError(f"data.synthetic: {error}") from None
         if accelerator.is_main_process:
-            build_synthetic_pairs(s.out_dir, s.num_train, s.num_val, s.num_test, seed=s.seed,
-                                  num_frames=s.num_frames, height=s.height, width=s.width)
+            build_synthetic_pairs(s.out_dir, s.num_train, s.num_val, s.num_test, **shape)
         accelerator.wait_for_everyone()
         paths = {split: f"{s.out_dir}/{split}.jsonl" for split in paths}
     return {

@@ -1,4 +1,6 @@
-"""Settings shared by tests: a tiny reward model and a handful of synthetic pairs."""
+"""Settings shared by tests: a tiny reward model and a handful of synthetic pairs; a user's data
+folder for the builders' output checks."""
+from pathlib import Path
 
 TINY_REWARD_OVERRIDES = [
     "model.tiny.hidden=32", "model.tiny.layers=1", "model.tiny.heads=2", "model.tiny.kv_heads=1",
@@ -8,3 +10,18 @@ TINY_REWARD_OVERRIDES = [
     "pretrain.enabled=false", "model.lora_r=4", "model.lora_alpha=8", "train.batch_size=2",
     "train.max_steps=2", "train.warmup_steps=0", "train.lr=1e-2", "train.log_every=1", "wandb.mode=disabled",
 ]
+
+
+def folder_contents(folder: Path) -> dict[str, bytes]:
+    """Every file under `folder`, relative path -> bytes: equal before and after means untouched."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def make_user_folder(folder: Path) -> dict[str, bytes]:
+    """A folder of someone's own data (a clip, references, a manifest) that no builder wrote; its contents."""
+    (folder / "videos").mkdir(parents=True)
+    (folder / "references").mkdir()
+    (folder / "videos" / "my_real_clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 my only copy")
+    (folder / "references" / "alice.png").write_bytes(b"\x89PNG alice")
+    (folder / "train.jsonl").write_text('{"pair_id": "mine"}\n')
+    return folder_contents(folder)

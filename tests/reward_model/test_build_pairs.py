@@ -1,14 +1,21 @@
 import json
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+import reward_model.build_pairs as build_pairs
 from reward_model.build_pairs import KINDS, blur_frames, build_synthetic_pairs, main, plan_split
+from reward_model.config import DataConfig, SyntheticPairsConfig
+from reward_model.pair_dataset import load_splits
 from reward_model.pairs import load_pairs
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.core.owned_folder import MANIFEST
 from identity_grpo.world.identities import face_differences, identity_from_id, is_heldout, look_alike, sample_identities
 from identity_grpo.world.measure import identity_consistency
 from identity_grpo.core.video import read_image, read_video
+from tests_support import folder_contents, make_user_folder
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +45,10 @@ def test_manifests_load_with_every_file_present(built):
     assert video.shape == (8, 48, 64, 3)
     assert all(read_image(r).shape == (32, 32, 3) for r in row["references"])
     assert len(row["references"]) == len(row["identity_ids"]) in (2, 3)
-    assert json.loads((out / "build.json").read_text())["settings"]["seed"] == 3
+    record = json.loads((out / MANIFEST).read_text())
+    assert record["writer"] == "reward_model.build_pairs" and record["complete"] and record["settings"]["seed"] == 3
+    written = {path: len(data) for path, data in folder_contents(out).items() if path != MANIFEST}
+    assert record["files"] == written  # every file it wrote, with its size, and nothing else
 
 
 def test_rows_follow_the_pair_recipe(built):
@@ -99,10 +109,70 @@ def test_other_settings_rebuild_and_workers_do_not_change_the_result(tmp_path):
     a = read_video(tmp_path / "one" / "videos" / "val" / "000001_a.mp4")
     b = read_video(tmp_path / "two" / "videos" / "val" / "000001_a.mp4")
     np.testing.assert_array_equal(a, b)
-    (tmp_path / "one" / "videos" / "train" / "stale.mp4").write_bytes(b"old")
-    build_synthetic_pairs(tmp_path / "one", 3, 1, 1, seed=6, workers=1, progress=False)
-    assert not (tmp_path / "one" / "videos" / "train" / "stale.mp4").exists()
-    assert len(load_pairs(tmp_path / "one" / "train.jsonl", check_files=True)) == 3
+    one = tmp_path / "one"
+    (one / "videos" / "train" / "notes.txt").write_text("mine")  # a user's file, placed after the build
+    (one / "mine").mkdir()
+    (one / "mine" / "clip.mp4").write_bytes(b"mine too")
+    old = set(json.loads((one / MANIFEST).read_text())["files"])
+    build_synthetic_pairs(one, 3, 1, 1, seed=6, workers=1, progress=False)
+    new = set(json.loads((one / MANIFEST).read_text())["files"])
+    assert len(load_pairs(one / "train.jsonl", check_files=True)) == 3
+    assert not (one / "videos" / "train" / "000003_a.mp4").exists() and "videos/train/000003_a.mp4" in old - new
+    assert set(folder_contents(one)) == new | {MANIFEST, "videos/train/notes.txt", "mine/clip.mp4"}
+    assert (one / "videos" / "train" / "notes.txt").read_text() == "mine" and (one / "mine" / "clip.mp4").exists()
+
+
+def test_a_folder_of_someone_elses_files_is_refused_and_left_as_it_is(tmp_path, capsys):
+    before = make_user_folder(tmp_path / "data")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(tmp_path / "data"), "--train", "2", "--val", "1", "--test", "1", "--workers", "1"])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(error.strip().splitlines()) == 1
+    assert str(tmp_path / "data") in error and "did not write" in error
+    assert folder_contents(tmp_path / "data") == before
+
+
+@pytest.mark.parametrize("args", [["--train", "-5"], ["--val", "0"], ["--num-frames", "0"], ["--height", "8"],
+                                  ["--fps", "nan"], ["--reference-size", "0"], ["--workers", "0"], ["--seed", "-1"]])
+def test_bad_arguments_change_nothing_of_a_finished_build(built, args, capsys):
+    out, _ = built
+    before = {path: (out / path).stat().st_mtime_ns for path in folder_contents(out)}
+    with pytest.raises(SystemExit) as exit_:
+        main(["--out", str(out), "--train", "24", "--val", "6", "--test", "6", "--seed", "3", "--workers", "1", *args])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(error.strip().splitlines()) == 1
+    assert "must be" in error or "too small" in error
+    assert {path: (out / path).stat().st_mtime_ns for path in folder_contents(out)} == before
+
+
+def test_a_killed_build_leaves_no_file_it_does_not_know_of(tmp_path, monkeypatch):
+    make_pair = build_pairs.make_pair
+
+    def dies_at_pair_two(spec, settings, out_dir):
+        if spec.index == 2:
+            raise KeyboardInterrupt
+        return make_pair(spec, settings, out_dir)
+
+    monkeypatch.setattr(build_pairs, "make_pair", dies_at_pair_two)
+    with pytest.raises(KeyboardInterrupt):
+        build_synthetic_pairs(tmp_path, 4, 1, 1, seed=1, workers=1, progress=False)
+    monkeypatch.undo()
+    record = json.loads((tmp_path / MANIFEST).read_text())
+    assert not record["complete"] and set(folder_contents(tmp_path)) - {MANIFEST} <= set(record["files"])
+    build_synthetic_pairs(tmp_path, 4, 1, 1, seed=2, workers=1, progress=False)  # not refused: the folder is its own
+    record = json.loads((tmp_path / MANIFEST).read_text())
+    assert record["complete"] and set(folder_contents(tmp_path)) == set(record["files"]) | {MANIFEST}
+
+
+def test_the_trainer_builds_synthetic_pairs_and_refuses_a_users_folder(tmp_path):
+    solo = SimpleNamespace(is_main_process=True, wait_for_everyone=lambda: None)
+    small = dict(num_train=3, num_val=1, num_test=1, num_frames=4)
+    splits = load_splits(DataConfig(synthetic=SyntheticPairsConfig(out_dir=str(tmp_path / "pairs"), **small)), solo)
+    assert {split: len(rows) for split, rows in splits.items()} == {"train": 3, "val": 1, "test": 1}
+    before = make_user_folder(tmp_path / "data")
+    with pytest.raises(ConfigError, match=r"^data\.synthetic: .*did not write"):
+        load_splits(DataConfig(synthetic=SyntheticPairsConfig(out_dir=str(tmp_path / "data"), **small)), solo)
+    assert folder_contents(tmp_path / "data") == before
 
 
 def test_command_line(tmp_path, capsys):

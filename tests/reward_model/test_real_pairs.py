@@ -21,7 +21,9 @@ from reward_model.face_tracks import people_tracks, track_faces
 from identity_grpo.faces.analyzer import Face, FaceNotFound
 from reward_model.pairs import load_pairs
 from reward_model.real_pairs import RealPairSettings, build_real_pairs, main
+from identity_grpo.core.owned_folder import MANIFEST
 from identity_grpo.core.video import read_image, read_video, write_image, write_video
+from tests_support import folder_contents, make_user_folder
 
 RED, BLUE, GREEN = (220, 60, 40), (40, 80, 220), (60, 200, 60)
 EMBEDDINGS = {colour: np.eye(8, dtype=np.float32)[i] for i, colour in enumerate((RED, BLUE, GREEN))}
@@ -219,7 +221,8 @@ def test_given_references_order_the_people_and_a_rerun_changes_nothing(tmp_path)
                                                                                expected_box(RED, 0)], atol=1.5)
 
     manifest = (out / "pairs.jsonl").read_text()
-    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in ("pairs.jsonl", "summary.json")}
+    rewritten = ("pairs.jsonl", "summary.json", MANIFEST)
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and p.name not in rewritten}
 
     class NoDetector(ColourFaces):
         def detect(self, frames):
@@ -232,6 +235,47 @@ def test_given_references_order_the_people_and_a_rerun_changes_nothing(tmp_path)
     write_image(refs / "two_people" / "3_green.png", paint_faces(CELL, CELL, [(0, 0, GREEN)]))
     summary = build_real_pairs(videos, out, ColourFaces(), settings, references_dir=refs, progress=False)
     assert summary["skipped"]["reference_not_found"] == 1 and summary["pairs"] == 0
+
+
+def test_a_rebuild_with_other_settings_removes_its_own_old_files_only(tmp_path):
+    videos, out = tmp_path / "videos", tmp_path / "out"
+    write_video(videos / "two_people.mp4", two_people_clip(), fps=8)
+    build_real_pairs(videos, out, ColourFaces(), RealPairSettings(pairs_per_clip=6, faces={"detector": "colour"}),
+                     progress=False)
+    (out / "videos" / "two_people" / "notes.txt").write_text("mine")  # a user's files, placed after the build
+    (out / "mine.txt").write_text("mine too")
+    old = set(json.loads((out / MANIFEST).read_text())["files"])
+    build_real_pairs(videos, out, ColourFaces(), RealPairSettings(pairs_per_clip=2, faces={"detector": "colour"}),
+                     progress=False)
+    record = json.loads((out / MANIFEST).read_text())
+    assert record["writer"] == "reward_model.real_pairs" and record["complete"]
+    assert any(path.startswith("videos/two_people/pair05") for path in old - set(record["files"]))
+    assert set(folder_contents(out)) == set(record["files"]) | {MANIFEST, "videos/two_people/notes.txt", "mine.txt"}
+    assert all(len(folder_contents(out)[path]) == size for path, size in record["files"].items())
+    assert len(load_pairs(out / "pairs.jsonl", check_files=True)) == 2
+
+
+def test_a_folder_of_someone_elses_files_is_refused_before_the_face_models_load(tmp_path, capsys):
+    (tmp_path / "videos").mkdir()
+    before = make_user_folder(tmp_path / "out")
+    with pytest.raises(SystemExit) as exit_:  # --face-root holds no models: refused before they would load
+        main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"), "--face-root", str(tmp_path)])
+    error = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(error.strip().splitlines()) == 1
+    assert str(tmp_path / "out") in error and "did not write" in error
+    assert folder_contents(tmp_path / "out") == before
+
+
+@pytest.mark.parametrize("args", [["--pairs-per-clip", "-5"], ["--fps", "0"], ["--min-coverage", "0.3"],
+                                  ["--seed", "-1"], ["--max-pixels", "0"], ["--references", "missing"],
+                                  ["--det-size", "100", "100"], ["--videos", "missing"]])
+def test_bad_arguments_are_one_line_and_change_nothing(tmp_path, args, capsys):
+    (tmp_path / "videos").mkdir()
+    with pytest.raises(SystemExit) as exit_:
+        main(["--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "out"), "--face-root", str(tmp_path),
+              *args])
+    assert exit_.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 def test_command_line_with_an_insightface_pack(tmp_path, capsys):
