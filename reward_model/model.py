@@ -241,14 +241,6 @@ def load_backbone(config: RewardModelConfig, vocabulary: Iterable[str] = ()):
     return backbone, tokenizer, vision
 
 
-def save_backbone(directory: str | Path, backbone, tokenizer, vision: VisionSpec) -> None:
-    """A hub-style folder (weights, config, tokenizer, preprocessor_config.json) that `backbone: <folder>` loads."""
-    out = Path(directory)
-    backbone.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "preprocessor_config.json").write_text(json.dumps(vision.to_processor_config(), indent=2))
-
-
 def build_reward_model(config: RewardModelConfig, vocabulary: Iterable[str] = ()) -> RewardModel:
     """A fresh reward model: backbone (tiny or pretrained) + reward token + LoRA + head, trainable parts set."""
     config.validate()

@@ -122,13 +122,6 @@ def pair_report(scores: PairScores, tie_threshold: float) -> PairReport:
     return report
 
 
-def score_pairs(
-    score_videos: Callable[[list[dict], str], np.ndarray], rows: list[dict]
-) -> PairScores:
-    """`score_videos(rows, side)` returns one score per row for side 'a' or 'b'."""
-    return PairScores(score_videos(rows, "a"), score_videos(rows, "b"), rows)
-
-
 def comparison_table(reports: dict[str, PairReport]) -> list[list[str]]:
     """Rows of a printable table: one line per slice, one column per scorer."""
     names = list(reports)

@@ -1,5 +1,6 @@
 """Settings shared by tests: a tiny reward model and a handful of synthetic pairs; a user's data
 folder for the builders' output checks."""
+import json
 from pathlib import Path
 
 TINY_REWARD_OVERRIDES = [
@@ -25,3 +26,12 @@ def make_user_folder(folder: Path) -> dict[str, bytes]:
     (folder / "references" / "alice.png").write_bytes(b"\x89PNG alice")
     (folder / "train.jsonl").write_text('{"pair_id": "mine"}\n')
     return folder_contents(folder)
+
+
+def save_backbone(directory: str | Path, backbone, tokenizer, vision) -> None:
+    """A hub-style folder (weights, config, tokenizer, preprocessor_config.json) that the reward
+    model's `backbone: <folder>` loads, as a downloaded Qwen2.5-VL checkpoint is laid out."""
+    out = Path(directory)
+    backbone.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "preprocessor_config.json").write_text(json.dumps(vision.to_processor_config(), indent=2))

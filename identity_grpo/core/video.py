@@ -163,15 +163,6 @@ def write_video(
             container.mux(packet)
 
 
-def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> None:
-    """Looping GIF (palette-quantised, so colours are approximate) of uint8 [T, H, W, 3]."""
-    frames = check_frames(frames)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images = [Image.fromarray(f) for f in frames]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(round(1000 / fps)), loop=0)
-
-
 def read_image(path: str | Path) -> np.ndarray:
     """Any image PIL reads -> uint8 [H, W, 3] RGB."""
     path = Path(path)

@@ -147,14 +147,6 @@ class FaceAnalyzer:
             start += len(boxes)
         return faces
 
-    def embed_crops(self, crops: np.ndarray) -> np.ndarray:
-        """crops uint8 [N, S, S, 3] RGB, already aligned (S = crop_size, 112) -> [N, D] unit embeddings."""
-        crops = _check_image(crops, "crops", ndim=4)
-        if crops.shape[1:3] != (self.crop_size, self.crop_size):
-            size = self.crop_size
-            raise ValueError(f"crops: expected aligned {size}x{size} faces, got {crops.shape[1]}x{crops.shape[2]}")
-        return self._embed_bgr([np.ascontiguousarray(c[..., ::-1]) for c in crops])
-
     def embed_references(self, images: Sequence[np.ndarray | str | Path]) -> np.ndarray:
         """Reference images (uint8 [H, W, 3] RGB or image paths) -> [P, D], the largest face of each."""
         crops = []

@@ -69,12 +69,6 @@ class FaceAssignment:
     face_of_person: np.ndarray  # [P] int64 matched face index, -1 when the person is missing
     similarity: np.ndarray  # [F, P] float64 cosine similarity of every face to every reference
 
-    @property
-    def total_similarity(self) -> float:
-        """Sum of the matched pairs' similarities (what the assignment maximises)."""
-        faces = np.flatnonzero(self.person_of_face >= 0)
-        return float(self.similarity[faces, self.person_of_face[faces]].sum())
-
 
 def match_faces(
     face_embeddings: np.ndarray,

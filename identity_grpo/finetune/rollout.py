@@ -111,17 +111,6 @@ class Rollout:
             advantages=at(self.advantages),
         )
 
-    def micro_batches(self, size: int, generator: torch.Generator | None = None) -> list["Rollout"]:
-        """Consecutive chunks of `size` samples (the last may be smaller); shuffled first when a
-        generator is given, so each epoch over the rollout mixes groups differently."""
-        if size < 1:
-            raise ValueError(f"rollout.Rollout.micro_batches: size must be >= 1, got {size}")
-        if generator is None:
-            order = torch.arange(self.batch_size)
-        else:
-            order = torch.randperm(self.batch_size, generator=generator)
-        return [self.select(chunk) for chunk in order.split(size)]
-
     def to(self, device: torch.device | str) -> "Rollout":
         conds = Conditions({k: v.to(device) for k, v in self.conds.tensors.items()}, list(self.conds.prompts))
         values = {f.name: getattr(self, f.name) for f in fields(self)}

@@ -180,7 +180,8 @@ def test_accumulating_one_by_four_equals_one_batch_of_four(sampled):
                 p.copy_(s)
         # Plain SGD with lr 1: the change is minus the gradient (Adam would hide a scaling error).
         policy = Policy(gen, gen.transformer, params, torch.optim.SGD(params, lr=1.0), ema=None)
-        stats = optimizer_step(accelerator, policy, rollout.micro_batches(size), schedule, settings, torch.Generator().manual_seed(0))
+        batches = [rollout.select(part) for part in torch.arange(rollout.batch_size).split(size)]
+        stats = optimizer_step(accelerator, policy, batches, schedule, settings, torch.Generator().manual_seed(0))
         return [p.detach() - s for p, s in zip(params, start)], stats
 
     whole, stats_whole = step_with(4)

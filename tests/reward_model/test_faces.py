@@ -101,13 +101,7 @@ def test_reference_without_a_face_is_named(analyzer, tmp_path):
         analyzer.embed_references([tmp_path / "absent.png"])
 
 
-def test_embed_crops_of_aligned_faces(analyzer):
-    crops = np.stack([np.full((CROP, CROP, 3), RED, np.uint8), np.full((CROP, CROP, 3), BLUE, np.uint8)])
-    embeddings = analyzer.embed_crops(crops)
-    expected = [expected_embedding(RED, WEIGHT), expected_embedding(BLUE, WEIGHT)]
-    np.testing.assert_allclose(embeddings, expected, atol=1e-4)
-    with pytest.raises(ValueError, match="crops: expected aligned 112x112 faces, got 64x64"):
-        analyzer.embed_crops(np.zeros((1, 64, 64, 3), np.uint8))
+def test_detect_rejects_float_frames(analyzer):
     with pytest.raises(ValueError, match="frames: expected uint8"):
         analyzer.detect(np.zeros((1, H, W, 3), np.float32))
 

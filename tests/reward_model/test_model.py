@@ -7,7 +7,8 @@ import torch
 from transformers import AutoTokenizer
 
 from reward_model.losses import bt_ties_loss
-from reward_model.model import RewardModel, RewardModelConfig, build_reward_model, load_backbone, save_backbone
+from reward_model.model import RewardModel, RewardModelConfig, build_reward_model, load_backbone
+from tests_support import save_backbone
 from reward_model.prompting import IMAGE_PAD, VIDEO_PAD, PromptTemplate
 from reward_model.tiny import SPECIAL_TOKEN_IDS, build_word_tokenizer, tiny_qwen2_5_vl_config
 from reward_model.vision_inputs import image_to_vision_input

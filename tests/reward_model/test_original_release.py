@@ -12,7 +12,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from reward_model.model import RewardModelConfig, build_reward_model, load_backbone, save_backbone
+from reward_model.model import RewardModelConfig, build_reward_model, load_backbone
+from tests_support import save_backbone
 from reward_model.original_release import RELEASE_INSTRUCTION, load_original_release, release_config, to_our_key
 from reward_model.prompting import PromptTemplate
 from test_model import PROMPTS, clips

@@ -9,7 +9,6 @@ from identity_grpo.core.video import (
     read_image,
     read_video,
     uniform_frame_indices,
-    write_gif,
     write_image,
     write_video,
 )
@@ -123,17 +122,6 @@ def test_write_video_rejects_bad_arrays(tmp_path):
         write_video(tmp_path / "x.mp4", np.zeros((2, 8, 8, 3), dtype=np.float32), 8)
     with pytest.raises(ValueError):
         write_video(tmp_path / "x.mp4", np.zeros((8, 8, 3), dtype=np.uint8), 8)
-
-
-def test_gif_has_every_frame_and_approximate_colours(tmp_path):
-    frames = grey_ramp(5, 16, 16)
-    path = tmp_path / "clip.gif"
-    write_gif(path, frames, fps=10)
-    with Image.open(path) as gif:
-        assert gif.n_frames == 5
-        assert gif.info["duration"] == 100
-        gif.seek(3)
-        assert abs(int(np.asarray(gif.convert("RGB"))[8, 8, 0]) - int(frames[3, 8, 8, 0])) <= 4
 
 
 def test_png_round_trip_is_exact(tmp_path):
