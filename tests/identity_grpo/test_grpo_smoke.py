@@ -1,4 +1,4 @@
-"""GRPO end to end on tiny VACE and Phantom models (seconds), and the update's pieces on their own:
+"""GRPO end to end on tiny VACE, Phantom and Wan I2V models (seconds), and the update's pieces on their own:
 micro-batching, accumulation equivalence, the SDE window."""
 import copy
 import dataclasses
@@ -51,7 +51,7 @@ def data(tmp_path_factory):
 
 def make_config(data, out, kind, *overrides) -> GrpoConfig:
     options = ["height=32", "width=32", "num_frames=5", "max_sequence_length=16"]
-    options += ["guidance_scale=3.0"] if kind == "vace" else ["guidance_scale_img=3.0", "guidance_scale_text=2.0"]
+    options += ["guidance_scale_img=3.0", "guidance_scale_text=2.0"] if kind == "phantom" else ["guidance_scale=3.0"]
     return load_config(GrpoConfig, None, [
         f"output_dir={out}", f"generator.kind={kind}", "generator.pretrained=tiny", "generator.dtype=float32",
         *[f"generator.{kind}.{o}" for o in options],
@@ -72,7 +72,7 @@ def frozen_state(gen) -> dict[str, torch.Tensor]:
             for n, p in module.named_parameters() if "lora_" not in n}
 
 
-@pytest.mark.parametrize("kind, updates", [("vace", 2), ("phantom", 1)])
+@pytest.mark.parametrize("kind, updates", [("vace", 2), ("phantom", 1), ("i2v", 1)])
 def test_two_steps_train_every_lora_parameter_and_nothing_else(data, tmp_path, kind, updates, monkeypatch):
     cfg = make_config(data, tmp_path / "run", kind, f"train.updates_per_epoch={updates}",
                       "hub.push=true", "hub.repo_id=someone/identity-grpo-lora")
