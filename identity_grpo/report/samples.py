@@ -1,10 +1,10 @@
 """Deterministic evaluation samples of one model, scored batch by batch.
 
-Each sample's initial noise comes from its key alone, exactly as the trainer's evaluation draws it
-(`mix_seed(seed, prompt_index, 3)`, with seed = train.seed), so the base model and every LoRA
-start from the same noise, batching changes nothing, and a report's numbers line up with the
-eval/* curves of the training log. Sampling uses the evaluation sampler (sampling.eval_noise,
-sampling.eval_steps; an ODE by default).
+Each sample's initial noise comes from its key alone, drawn as the trainer's evaluation draws it
+(finetune.evaluation.held_out_noise: the EVAL_NOISE stream of seed = train.seed and the prompt's
+index), so the base model and every LoRA start from the same noise, batching changes nothing, and a
+report's numbers line up with the eval/* curves of the training log. Sampling uses the evaluation
+sampler (sampling.eval_noise, sampling.eval_steps; an ODE by default).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from identity_grpo.grpo.config import SamplingConfig
 from identity_grpo.generators.base import Generator
 from identity_grpo.core.prompt_manifest import PromptRecord
 from identity_grpo.finetune.batches import SampleSlot, sampling_batches
-from identity_grpo.core.seeds import mix_seed
+from identity_grpo.finetune.evaluation import evaluation_sampler_rng, held_out_noise
 from identity_grpo.report.results import BatchScores, ModelResult, SampleKey
 from identity_grpo.finetune.sampling import sample_with_log_probs
 
@@ -35,11 +35,8 @@ def sample_keys(num_prompts: int, seeds: Sequence[int]) -> list[SampleKey]:
 
 
 def initial_noise(generator: Generator, conds, keys: Sequence[SampleKey]) -> torch.Tensor:
-    """[B, C, T, H, W]: sample j's noise drawn from its own key's seed."""
-    return torch.cat([
-        generator.initial_noise(conds.select([j]), torch.Generator().manual_seed(mix_seed(k.seed, k.prompt_index, 3)))
-        for j, k in enumerate(keys)
-    ])
+    """[B, C, T, H, W]: sample j's noise drawn from its own key, as the trainer's evaluation draws it."""
+    return torch.cat([held_out_noise(generator, conds.select([j]), k.seed, [k.prompt_index]) for j, k in enumerate(keys)])
 
 
 @torch.no_grad()
@@ -50,8 +47,7 @@ def generate(generator: Generator, records: Sequence[PromptRecord], keys: Sequen
     chosen = [records[k.prompt_index] for k in keys]
     conds = generator.encode_conditions([r.prompt for r in chosen], [r.load_references() for r in chosen])
     noise = initial_noise(generator, conds, keys)
-    # Used only by a stochastic eval_noise; seeded like the trainer's evaluation.
-    rng = torch.Generator().manual_seed(mix_seed(keys[0].seed, keys[0].prompt_index, 4))
+    rng = evaluation_sampler_rng(keys[0].seed, keys[0].prompt_index)  # used only by a stochastic eval_noise
     device = noise.device
     autocast = (torch.autocast(device.type, dtype=_AUTOCAST[mixed_precision]) if mixed_precision in _AUTOCAST
                 else nullcontext())
