@@ -34,7 +34,7 @@ from identity_grpo.finetune.ema import ParameterEMA
 from identity_grpo.generators.base import at_resolution
 from identity_grpo.generators.factory import build_generator
 from identity_grpo.generators.base import Generator
-from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora
+from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora, loading_instructions
 from identity_grpo.finetune.batches import GroupSampler, SampleSlot, sampling_batches
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
 from identity_grpo.core.seeds import mix_seed
@@ -376,7 +376,7 @@ def save_checkpoint(run: Run, meta: dict) -> None:
     save_training_state(run.accelerator, output_dir, meta)
     if run.accelerator.is_main_process:
         with ema_weights(run.policy):
-            export_lora(run.policy.transformer, output_dir / "lora")
+            export_lora(run.policy.transformer, output_dir / "lora", run.generator.trainable_module_name())
     run.accelerator.wait_for_everyone()
 
 
@@ -387,7 +387,7 @@ def finish(run: Run, metrics: dict) -> None:
     if accelerator.is_main_process:
         final_dir = output_dir / "final"
         with ema_weights(run.policy):
-            export_lora(run.policy.transformer, final_dir)
+            export_lora(run.policy.transformer, final_dir, run.generator.trainable_module_name())
         save_config(cfg, final_dir / "grpo_config.yaml")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if cfg.hub.push:
@@ -401,8 +401,7 @@ def publish(cfg: GrpoConfig, final_dir: Path, metrics: dict) -> None:
         flat.update({f"{phase}/{k.removeprefix('eval/')}": v for k, v in metrics.get(phase, {}).items()})
     summary = (
         f"A LoRA for `{cfg.generator.pretrained}` ({cfg.generator.kind}) trained with GRPO to keep every "
-        "person's identity in multi-person videos (identity-grpo). Load it with the diffusers Wan pipeline's "
-        "`load_lora_weights`."
+        f"person's identity in multi-person videos (identity-grpo). {loading_instructions(final_dir)}"
     )
     prepare_upload(final_dir, "Identity-GRPO LoRA", summary, flat, to_dict(cfg), ["lora", "video", "grpo", "wan"])
     url = push_folder(final_dir, cfg.hub.repo_id, private=cfg.hub.private, commit_message="identity-grpo LoRA")

@@ -30,7 +30,7 @@ from identity_grpo.ipro.config import IproConfig
 from identity_grpo.generators.base import at_resolution
 from identity_grpo.generators.factory import build_generator
 from identity_grpo.ipro.last_steps import sample_last_steps
-from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora
+from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora, loading_instructions
 from identity_grpo.finetune.batches import GroupSampler, sampling_batches
 from identity_grpo.core.prompt_manifest import PromptRecord
 from identity_grpo.core.seeds import mix_seed
@@ -189,15 +189,14 @@ def finish(run: Run, metrics: dict) -> None:
     output_dir = Path(cfg.output_dir)
     if accelerator.is_main_process:
         final_dir = output_dir / "final"
-        export_lora(run.policy.transformer, final_dir)
+        export_lora(run.policy.transformer, final_dir, run.generator.trainable_module_name())
         save_config(cfg, final_dir / "ipro_config.yaml")
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         if cfg.hub.push:
             flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
             summary = (f"A LoRA for `{cfg.generator.pretrained}` ({cfg.generator.kind}) trained with IPRO's reward "
                        "gradients (a differentiable face-identity reward through the last denoising steps) to keep "
-                       "every person's identity (identity-grpo). Load it with the diffusers Wan pipeline's "
-                       "`load_lora_weights`.")
+                       f"every person's identity (identity-grpo). {loading_instructions(final_dir)}")
             prepare_upload(final_dir, "Identity-preserving LoRA (IPRO)", summary, flat, to_dict(cfg),
                            ["lora", "video", "ipro", "wan"])
             print(f"pushed {final_dir} to {push_folder(final_dir, cfg.hub.repo_id, private=cfg.hub.private, commit_message='ipro LoRA')}")
