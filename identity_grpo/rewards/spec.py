@@ -11,7 +11,7 @@ to functions that declare it.
 A `RewardKind` makes one from its config entry and the device (`build`), checks the entry
 without loading anything (`check`, with the config) and the files its options name
 (`check_inputs`, with the inputs), so a bad option is a one-line error before any model loads.
-Both report a bad option as `ConfigError("options.<key>: ...")`; the caller adds which reward it
+Each reports a bad option as `ConfigError("options.<key>: ...")`; the caller adds which reward it
 is (`rewards[i].options.<key>: ...`).
 """
 from __future__ import annotations
