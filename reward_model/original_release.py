@@ -2,6 +2,7 @@
 
     release/
       model_config.json             {"data_config": ..., "model_config": ..., "peft_lora_config": ..., ...}
+      instruction.txt               optional, added by you: the instruction it was trained with (see below)
       checkpoint-N/                 the latest N is used unless a step is named
         model.pth                   the full state dict, or
         adapter_model.safetensors   LoRA weights (peft names, adapter name stripped) plus
@@ -13,15 +14,20 @@ was on, and the special token `<|SA_reward|>` added to Qwen's tokenizer. This mo
 names onto `RewardModel` and rebuilds its preprocessing from `data_config`.
 
 The prompt: the release wrote `Picture k: ` / `Video 1: ` labels (Qwen's add_vision_id), Qwen's
-default system prompt, and the reward token inside the user turn, which `RELEASE_INSTRUCTION`
-repeats. Its checkpoints were trained with the instruction text of its `prompt_template.py`
-(`subject_alignment_special`); pass that text as `instruction` (write the token as
-`{reward_token}`) to reproduce its scores exactly.
+default system prompt, and the reward token inside the user turn. Its checkpoints were trained
+with the instruction text of its `prompt_template.py` (`subject_alignment_special`), which this
+project does not ship; a checkpoint scores as trained only with that text. Give it as
+`instruction` (stage 2: `options: {instruction_file: path}`), or save it as `instruction.txt` in
+the release folder: the text exactly as the template renders it (newlines included), with
+`{reward_token}` where the reward token goes and `{prompt}` where the clip's prompt goes, if it
+does. Without either, `RELEASE_INSTRUCTION` (our own wording, in the release's layout) is used
+and a warning says so.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -31,7 +37,10 @@ from safetensors.torch import load_file
 from reward_model.model import RewardModel, RewardModelConfig, build_reward_model, load_weights
 from reward_model.prompting import DEFAULT_SYSTEM, PromptTemplate
 
-CONFIG_FILE = "model_config.json"
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE, INSTRUCTION_FILE = "model_config.json", "instruction.txt"
+EMBEDDINGS = "backbone.model.language_model.embed_tokens.weight"  # our key of the table holding the reward token's row
 FULL_WEIGHTS, LORA_WEIGHTS, NON_LORA_WEIGHTS = "model.pth", "adapter_model.safetensors", "non_lora_state_dict.pth"
 # qwen_vl_utils' limits, which the release's data pipeline used: frames >= 128 merged tokens, images >= 4.
 VIDEO_MIN_PIXELS = 128 * 28 * 28
@@ -48,6 +57,31 @@ RELEASE_INSTRUCTION = (
 def is_original_release(path: str | Path) -> bool:
     root = Path(path)
     return (root / CONFIG_FILE).is_file() and any(root.glob("checkpoint-*"))
+
+
+def read_instruction(path: str | Path) -> str:
+    """An instruction file's text, exactly (it must place the reward token: the release reads it in the user turn)."""
+    text = Path(path).read_text()
+    check_instruction(text, str(path))
+    return text
+
+
+def check_instruction(text: str, source: str) -> None:
+    if "{reward_token}" not in text:
+        raise ValueError(f"{source}: the release reads its reward inside the user turn; write {{reward_token}} in "
+                         "the instruction where the token goes")
+
+
+def release_instruction(root: Path, instruction: str | None) -> str:
+    """The instruction given, else the folder's instruction.txt, else ours (with a warning)."""
+    if instruction is not None:
+        check_instruction(instruction, "instruction")
+        return instruction
+    if (root / INSTRUCTION_FILE).is_file():
+        return read_instruction(root / INSTRUCTION_FILE)
+    logger.warning("%s: no %s and no instruction given: scoring with identity-grpo's own instruction, not the one "
+                   "this checkpoint was trained with (see reward_model/original_release.py)", root, INSTRUCTION_FILE)
+    return RELEASE_INSTRUCTION
 
 
 def find_checkpoint(root: Path, step: int | None = None) -> Path:
@@ -83,9 +117,7 @@ def release_config(root: Path, backbone: str | None = None, instruction: str | N
     if not data.get("num_frames"):
         raise ValueError(f"{path}: field 'data_config.num_frames' is empty; fps-based frame sampling is not supported")
     max_pixels = int(data.get("max_frame_pixels") or 480 * 832)
-    template = instruction if instruction is not None else RELEASE_INSTRUCTION
-    if "{reward_token}" not in template:
-        raise ValueError("instruction: the release reads its reward inside the user turn; write {reward_token} in it")
+    template = release_instruction(root, instruction)
     return RewardModelConfig(
         backbone=backbone or model["model_name_or_path"],
         lora_r=int(lora["lora_r"]) if lora.get("lora_enable") else 0,
@@ -157,6 +189,9 @@ def load_lora_checkpoint(model: RewardModel, checkpoint: Path) -> None:
     non_lora, non_lora_keys = read_state(checkpoint / NON_LORA_WEIGHTS)
     if "rm_head.weight" not in non_lora:
         raise ValueError(f"{checkpoint / NON_LORA_WEIGHTS}: missing key 'rm_head.weight'")
+    if EMBEDDINGS not in non_lora:  # else the reward would be read at an untrained row of the base table
+        raise ValueError(f"{checkpoint / NON_LORA_WEIGHTS}: no 'embed_tokens' weight, so no trained row for the reward "
+                         f"token {model.config.reward_token}; this checkpoint cannot be scored as it was trained")
     for source, state, file_keys in ((LORA_WEIGHTS, lora, lora_keys), (NON_LORA_WEIGHTS, non_lora, non_lora_keys)):
         # Checks names and shapes of this file; weights it lacks keep their base (pretrained) values.
         load_weights(model, state, str(checkpoint / source), optional=set(own), file_keys=file_keys)

@@ -30,12 +30,15 @@ class RewardScorer:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                        batch_size: int = 8, **release_kwargs) -> "RewardScorer":
-        """`release_kwargs` (step, backbone, instruction) apply to original-release folders only."""
+                        batch_size: int = 8, instruction: str | None = None, **release_kwargs) -> "RewardScorer":
+        """`instruction` (the text an original-release checkpoint was trained with; default: its folder's
+        instruction.txt, see reward_model/original_release.py) and `release_kwargs` (step, backbone)
+        apply to original-release folders only: a RewardModel folder's config holds its own prompt."""
         if is_original_release(path):
-            model = load_original_release(path, device=device, dtype=dtype, **release_kwargs)
-        elif release_kwargs:
-            raise ValueError(f"{path}: options {sorted(release_kwargs)} only apply to original-release folders")
+            model = load_original_release(path, device=device, dtype=dtype, instruction=instruction, **release_kwargs)
+        elif instruction is not None or release_kwargs:
+            given = sorted(release_kwargs) + (["instruction"] if instruction is not None else [])
+            raise ValueError(f"{path}: options {given} only apply to original-release folders")
         else:
             model = RewardModel.from_pretrained(path, device=device, dtype=dtype)
         return cls(model, device=device, batch_size=batch_size)

@@ -67,6 +67,17 @@ def default_providers() -> list[str]:
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def provider_options(providers: Sequence[str]) -> list[dict[str, int]]:
+    """Each provider's session options: a GPU provider runs on this process's GPU, LOCAL_RANK (set per
+    process by torchrun and accelerate launch, which put the process's torch models there too; 0 for
+    a single process). Without a device_id onnxruntime puts every process's sessions on GPU 0."""
+    gpu = {"device_id": int(os.environ.get("LOCAL_RANK", "0"))}
+    return [dict(gpu) if provider in GPU_PROVIDERS else {} for provider in providers]
+
+
 def require_pack(config: FaceAnalyzerConfig) -> Path:
     """The pack folder, or FaceModelsMissing saying where it was looked for and how to get it."""
     folder = config.pack_dir
@@ -100,12 +111,14 @@ class FaceAnalyzer:
         from insightface.utils import face_align
 
         self._norm_crop = face_align.norm_crop
+        providers = self.config.providers or default_providers()
         try:
             # A folder path as `name` makes insightface use it as is: no lookup, no download.
             app = FaceAnalysis(
                 name=str(folder.resolve()),
                 root=str(Path(self.config.root).expanduser()),
-                providers=self.config.providers or default_providers(),
+                providers=providers,
+                provider_options=provider_options(providers),
                 allowed_modules=["detection", "recognition"],
             )
         except AssertionError as error:  # insightface asserts that a detector was found

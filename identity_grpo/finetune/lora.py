@@ -7,7 +7,11 @@ second copy of the weights is kept. The export is what diffusers' Wan pipelines 
     pipe.load_lora_weights("runs/grpo_vace/final")   # pytorch_lora_weights.safetensors
 
 with keys `transformer.blocks.0.attn1.to_q.lora_A.weight`, ... and the LoRA config (rank, alpha,
-targets) in the safetensors metadata, as diffusers' own training scripts write it.
+targets) in the safetensors metadata, as diffusers' own training scripts write it. Wan2.2-A14B
+trains its low-noise expert `transformer_2`; diffusers' Wan loader reads only `transformer.` keys
+and puts them on `transformer_2` only when asked (`load_lora_weights(path,
+load_into_transformer_2=True)`), so the keys stay `transformer.*` and the file's header names the
+component (`identity_grpo.component`); `loading_instructions` writes the matching call.
 """
 from __future__ import annotations
 
@@ -20,11 +24,16 @@ from diffusers.loaders.lora_pipeline import WanLoraLoaderMixin
 from peft import LoraConfig
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors import safe_open
+from safetensors.torch import load, save_file
 
 from identity_grpo.finetune.config import LoraSettings
 
 ADAPTER = "default"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
+COMPONENT_KEY = "identity_grpo.component"  # safetensors header entry: the pipeline component it was trained on
+# The keyword of WanLoraLoaderMixin.load_lora_weights that puts the file's `transformer.` keys on each component.
+LOAD_KEYWORDS = {"transformer": "", "transformer_2": ", load_into_transformer_2=True"}
 
 
 def attach_lora(module: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.Parameter]:
@@ -91,18 +100,47 @@ def load_lora_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]
         raise ValueError(f"lora.load_lora_state_dict: keys not loaded: {result.unexpected_keys[:3]}")
 
 
-def export_lora(module: torch.nn.Module, directory: str | Path) -> Path:
-    """Write `directory/pytorch_lora_weights.safetensors` for `WanPipeline` / `WanVACEPipeline`
-    `.load_lora_weights(directory)`; returns the file's path."""
+def export_lora(module: torch.nn.Module, directory: str | Path, component: str) -> Path:
+    """Write `directory/pytorch_lora_weights.safetensors` for the Wan pipelines' `load_lora_weights`;
+    `component` is the module's name in the pipeline (`generator.trainable_module_name()`), kept in
+    the file's header. Returns the file's path."""
+    if component not in LOAD_KEYWORDS:
+        raise ValueError(f"lora.export_lora: diffusers' Wan pipelines load a LoRA onto {sorted(LOAD_KEYWORDS)}, "
+                         f"not {component!r}")
     directory = Path(directory)
-    config = module.peft_config[ADAPTER]
     WanLoraLoaderMixin.save_lora_weights(
         directory,
         transformer_lora_layers=lora_state_dict(module),
-        transformer_lora_adapter_metadata=config.to_dict(),
+        transformer_lora_adapter_metadata=module.peft_config[ADAPTER].to_dict(),
         safe_serialization=True,
     )
-    return directory / LORA_WEIGHTS_FILE
+    file = directory / LORA_WEIGHTS_FILE
+    # diffusers' writer takes no header entries of its own: add ours by writing the (small) file again.
+    with safe_open(str(file), framework="pt") as handle:
+        header = handle.metadata()
+    save_file(load(file.read_bytes()), str(file), metadata={**header, COMPONENT_KEY: component})
+    return file
+
+
+def exported_component(file: str | Path) -> str:
+    """The pipeline component an exported LoRA file belongs on. A file without our header entry is
+    a plain diffusers LoRA, which diffusers loads onto `transformer`."""
+    with safe_open(str(file), framework="pt") as handle:
+        component = (handle.metadata() or {}).get(COMPONENT_KEY, "transformer")
+    if component not in LOAD_KEYWORDS:
+        raise ValueError(f"LoRA checkpoint {file}: header {COMPONENT_KEY} is {component!r}, "
+                         f"expected one of {sorted(LOAD_KEYWORDS)}")
+    return component
+
+
+def loading_instructions(directory: str | Path) -> str:
+    """How a diffusers user loads the LoRA exported into `directory` (for the model card)."""
+    component = exported_component(Path(directory) / LORA_WEIGHTS_FILE)
+    call = f"`pipe.load_lora_weights(path{LOAD_KEYWORDS[component]})`"
+    if component == "transformer":
+        return f"Load it with the diffusers Wan pipeline's {call}."
+    return (f"It was trained on `{component}` (Wan2.2's low-noise expert): load it with the diffusers Wan "
+            f"pipeline's {call}; without the keyword, diffusers puts it on the high-noise expert `transformer`.")
 
 
 class LoraCheckpoint:

@@ -26,7 +26,7 @@ from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelera
 from identity_grpo.finetune.batches import GroupSampler
 from identity_grpo.finetune.config import DataConfig
 from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
-from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora
+from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora, loading_instructions
 from identity_grpo.finetune.policy import Policy
 from identity_grpo.finetune.run_metrics import summarize, summary_table
 from identity_grpo.generators.base import Generator, at_resolution
@@ -144,7 +144,7 @@ class FinetuneRecipe(Recipe):
         """The LoRA a pipeline can load (evaluation weights), beside every saved state."""
         if self.accelerator.is_main_process:
             with self.policy.ema_weights():
-                export_lora(self.policy.transformer, self.output_dir / "lora")
+                export_lora(self.policy.transformer, self.output_dir / "lora", self.generator.trainable_module_name())
 
     # --- finish -----------------------------------------------------------------------------
     def final_metrics(self, train_seconds: float) -> dict:
@@ -155,7 +155,7 @@ class FinetuneRecipe(Recipe):
         """final/: the LoRA (evaluation weights, diffusers naming) and the config."""
         if self.accelerator.is_main_process:
             with self.policy.ema_weights():
-                export_lora(self.policy.transformer, final_dir)
+                export_lora(self.policy.transformer, final_dir, self.generator.trainable_module_name())
             save_config(self.cfg, final_dir / f"{self.method.lower()}_config.yaml")
 
     def summary(self, metrics: dict) -> str:
@@ -166,7 +166,6 @@ class FinetuneRecipe(Recipe):
         return ModelCard(
             title=f"Identity-preserving LoRA ({self.method})",
             summary=(f"A LoRA for `{g.pretrained}` ({g.kind}) trained with {self.method} to keep every person's "
-                     "identity in multi-person videos (identity-grpo). Load it with the diffusers Wan pipeline's "
-                     "`load_lora_weights`."),
+                     f"identity in multi-person videos (identity-grpo). {loading_instructions(self.output_dir / 'final')}"),
             tags=["lora", "video", self.method.lower(), "wan"],
         )

@@ -74,6 +74,10 @@ class Generator(Protocol):
     def trainable_module(self) -> torch.nn.Module:
         """The module LoRA is attached to (the diffusion transformer)."""
 
+    def trainable_module_name(self) -> str:
+        """Its component name in the diffusers pipeline ("transformer", or "transformer_2" for
+        Wan2.2's low-noise expert): an exported LoRA names it, so it is loaded onto the same module."""
+
     def sigmas(self, num_steps: int) -> torch.Tensor:
         """The sampling schedule: num_steps + 1 values from ~1 down to 0, float32."""
 

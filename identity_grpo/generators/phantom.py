@@ -199,6 +199,9 @@ class PhantomGenerator:
     def trainable_module(self) -> torch.nn.Module:
         return self.transformer
 
+    def trainable_module_name(self) -> str:
+        return "transformer"
+
     def sigmas(self, num_steps: int) -> torch.Tensor:
         return wan_flow_sigmas(num_steps, self.options.shift)
 

@@ -209,7 +209,10 @@ class I2vGenerator:
         return next(self.transformer.parameters()).device
 
     def trainable_module(self) -> torch.nn.Module:
-        return self.transformer_2 if self.transformer_2 is not None else self.transformer
+        return getattr(self, self.trainable_module_name())
+
+    def trainable_module_name(self) -> str:
+        return "transformer_2" if self.transformer_2 is not None else "transformer"
 
     def sigmas(self, num_steps: int) -> torch.Tensor:
         return wan_flow_sigmas(num_steps, self.options.shift)

@@ -1,8 +1,10 @@
 """Load an exported LoRA (lora.export_lora: diffusers naming, `transformer.` prefix, config in the
-safetensors metadata) into a generator's transformer for a while, then take it out again.
+safetensors metadata, the trained component in the header) into a generator's trainable module for
+a while, then take it out again.
 
-Loading goes through diffusers' own `load_lora_adapter`, the path `WanVACEPipeline.load_lora_weights`
-takes, so a report also checks that the export is what a diffusers user can load.
+Loading goes through diffusers' own `load_lora_adapter`, the call `WanVACEPipeline.load_lora_weights`
+makes (for `transformer_2` too, with `load_into_transformer_2=True`), so a report also checks that
+the export is what a diffusers user can load.
 """
 from __future__ import annotations
 
@@ -10,13 +12,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-import torch
 from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 
-from identity_grpo.finetune.lora import LORA_WEIGHTS_FILE
+from identity_grpo.finetune.lora import LORA_WEIGHTS_FILE, exported_component
+from identity_grpo.generators.base import Generator
 
-PREFIX = "transformer"  # what export_lora (diffusers' save_lora_weights) puts before every key
+PREFIX = "transformer"  # what export_lora (diffusers' save_lora_weights) puts before every key, whatever the component
 ADAPTER = "report"  # an adapter name that no training code uses
 
 
@@ -40,15 +42,20 @@ def _file_keys(file: Path) -> set[str]:
 
 
 @contextmanager
-def loaded_lora(transformer: torch.nn.Module, path: str | Path) -> Iterator[None]:
-    """Inside, `transformer` runs with the LoRA at `path`; afterwards every peft layer is removed
-    again, so the transformer is the base model it was. It must carry no adapter before."""
+def loaded_lora(generator: Generator, path: str | Path) -> Iterator[None]:
+    """Inside, the generator's trainable module runs with the LoRA at `path`; afterwards every peft
+    layer is removed again, so it is the base model it was. It must carry no adapter before."""
+    transformer = generator.trainable_module()
+    file = lora_weights_file(path)
+    component = exported_component(file)
+    if component != generator.trainable_module_name():
+        raise ValueError(f"LoRA checkpoint {file}: trained on the pipeline's {component}, but this generator "
+                         f"trains its {generator.trainable_module_name()}")
     if getattr(transformer, "peft_config", None):
         raise ValueError(
             f"report: the generator's {type(transformer).__name__} already carries a LoRA adapter "
             f"({sorted(transformer.peft_config)}); give the base model, the report loads each LoRA itself"
         )
-    file = lora_weights_file(path)
     expected = _file_keys(file)
     try:
         transformer.load_lora_adapter(str(file.parent), prefix=PREFIX, adapter_name=ADAPTER, weight_name=file.name)

@@ -62,6 +62,6 @@ def evaluate_models(generator: Generator, records: Sequence[PromptRecord], loras
 
     results = [run(BASE)]
     for name, path in loras.items():
-        with loaded_lora(transformer, path):
+        with loaded_lora(generator, path):
             results.append(run(name))
     return results

@@ -78,6 +78,11 @@ def check_reward_inputs(specs: Sequence[RewardSpec], section: str = "rewards") -
             raise ConfigError(f"{section}[{i}].path: required for {spec.name} (a trained reward model folder)")
         if spec.path:
             require_local(spec.path, f"{section}[{i}].path", "folder" if folder else "path")
+        if kind is not None:
+            try:
+                kind.check_inputs(spec)
+            except ConfigError as error:
+                raise ConfigError(f"{section}[{i}].{error}") from None
 
 
 @dataclass

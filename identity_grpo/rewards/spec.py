@@ -8,9 +8,10 @@ A reward that needs more than the references (e.g. a pool of ground-truth faces 
 prompt manifest) also declares a keyword `records`: the batch's B `PromptRecord`s, passed only
 to functions that declare it.
 
-A `RewardKind` makes one from its config entry and the device (`build`), and checks the entry
-without loading anything (`check`), so a bad option is a one-line error before any model loads.
-Both report a bad option as `ConfigError("options.<key>: ...")`; the caller adds which reward it
+A `RewardKind` makes one from its config entry and the device (`build`), checks the entry
+without loading anything (`check`, with the config) and the files its options name
+(`check_inputs`, with the inputs), so a bad option is a one-line error before any model loads.
+Each reports a bad option as `ConfigError("options.<key>: ...")`; the caller adds which reward it
 is (`rewards[i].options.<key>: ...`).
 """
 from __future__ import annotations
@@ -43,3 +44,4 @@ class RewardKind:
     build: Callable[[RewardSpec, torch.device], RewardFn]
     check: Callable[[RewardSpec], None] = no_check  # raises ConfigError("<field>: ...") without loading
     path: str = "optional"  # "folder": spec.path is required and must be a folder (checked with the inputs)
+    check_inputs: Callable[[RewardSpec], None] = no_check  # the files the options name are here (after path)

@@ -20,7 +20,7 @@ from identity_grpo.faces.pool_reward import Detections, FacePool
 from identity_grpo.faces.iresnet import TINY, IResNet
 from identity_grpo.ipro.last_steps import euler_step, sample_last_steps, velocity_gap
 from identity_grpo.ipro.recipe import IproRecipe, decode, train_ipro
-from identity_grpo.finetune.lora import attach_lora, lora_parameters, lora_state_dict
+from identity_grpo.finetune.lora import attach_lora, exported_component, lora_parameters, lora_state_dict
 from identity_grpo.core.config_io import load_config
 
 OPTIONS = VaceOptions(height=32, width=32, num_frames=5, guidance_scale=3.0, shift=3.0, max_sequence_length=16)
@@ -196,7 +196,8 @@ def test_two_steps_train_every_lora_parameter_and_nothing_else(data, tmp_path, k
     for key in ("identity_before", "identity_after", "reward_before", "reward_after", "win_rate"):
         assert isinstance(saved[key], float), key
     assert set(saved["eval_after"]) >= {"eval/reward", "eval/face_reward", "eval/identity"}
-    assert (tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors").is_file()
+    exported = tmp_path / "run" / "final" / "pytorch_lora_weights.safetensors"
+    assert exported_component(exported) == ("transformer_2" if kind == "i2v" else "transformer")
     assert (tmp_path / "run" / "final" / "ipro_config.yaml").is_file()
 
 

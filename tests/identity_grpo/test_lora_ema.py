@@ -104,7 +104,7 @@ def test_export_loads_into_the_diffusers_pipeline_and_changes_its_output(tmp_pat
         extra["reference_images"] = [PIL.Image.fromarray(np.full((16, 24, 3), 200, np.uint8))]
     ours = build(TINY, 0)
     randomize(attach_lora(ours, SETTINGS))
-    path = export_lora(ours, tmp_path)
+    path = export_lora(ours, tmp_path, "transformer")
     assert path == tmp_path / LORA_WEIGHTS_FILE and path.is_file()
 
     pipe, generate = pipeline_output(pipe_cls, build(TINY, 0), **extra)

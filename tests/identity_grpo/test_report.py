@@ -74,7 +74,7 @@ def setup(tmp_path_factory):
         for i, p in enumerate(params):
             p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
     lora = direct_samples(gen, records, cfg)
-    export_lora(gen.transformer, root / "runs" / "grpo_try" / "final")
+    export_lora(gen.transformer, root / "runs" / "grpo_try" / "final", gen.trainable_module_name())
     gen.transformer.unload_lora()
     log = [{"step": s, "reward/mean": 0.1 * s, "reward/std": 0.05, "train/kl_loss": 1e-4 * s} for s in (1, 2, 3)]
     log += [{"step": 0, "eval/reward": 0.2, "eval/identity": 0.3}, {"step": 3, "eval/reward": 0.4, "eval/identity": 0.5}]
@@ -171,7 +171,7 @@ def test_base_column_is_the_model_without_lora_and_the_lora_column_the_exported_
     assert set(after) == set(setup["original"])  # the LoRA was taken out again
     assert all(torch.equal(after[k], v) for k, v in setup["original"].items())
     with pytest.raises(FileNotFoundError, match="has no pytorch_lora_weights.safetensors"):
-        with loaded_lora(gen.transformer, setup["root"]):
+        with loaded_lora(gen, setup["root"]):
             pass
 
 

@@ -1,4 +1,4 @@
-"""The image-to-video adapter against diffusers' WanImageToVideoPipeline on tiny components
+"""The image-to-video adapter (and its Wan2.2 LoRA export) against diffusers' WanImageToVideoPipeline on tiny components
 (Wan2.1 layout with a CLIP branch, Wan2.2-A14B layout with two experts), and its pieces."""
 import numpy as np
 import PIL.Image
@@ -7,6 +7,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
 from transformers import CLIPImageProcessor
 
+from identity_grpo.finetune.config import LoraSettings
+from identity_grpo.finetune.lora import attach_lora, export_lora, exported_component, loading_instructions
 from identity_grpo.generators.tiny_i2v import TINY_CLIP_SIZE, tiny_i2v_generator
 from identity_grpo.generators.wan_i2v import I2vGenerator, I2vOptions, clip_pixel_values, first_frame
 from identity_grpo.finetune.sampling import sample_with_log_probs
@@ -22,7 +24,7 @@ def image(seed: int, height: int = 32, width: int = 32) -> np.ndarray:
     return np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def run_pipeline(gen: I2vGenerator, prompt: str, first: np.ndarray, noise: torch.Tensor, options: I2vOptions):
+def i2v_pipeline(gen: I2vGenerator, options: I2vOptions) -> WanImageToVideoPipeline:
     pipe = WanImageToVideoPipeline(
         tokenizer=gen.tokenizer, text_encoder=gen.text_encoder, vae=gen.vae,
         scheduler=FlowMatchEulerDiscreteScheduler(shift=options.shift),
@@ -32,6 +34,11 @@ def run_pipeline(gen: I2vGenerator, prompt: str, first: np.ndarray, noise: torch
         boundary_ratio=options.boundary_ratio or None,
     )
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_pipeline(pipe: WanImageToVideoPipeline, prompt: str, first: np.ndarray, noise: torch.Tensor,
+                 options: I2vOptions) -> np.ndarray:
     return pipe(
         image=PIL.Image.fromarray(first), prompt=prompt, negative_prompt=options.negative_prompt,
         height=options.height, width=options.width, num_frames=options.num_frames, num_inference_steps=STEPS,
@@ -48,7 +55,7 @@ def test_matches_the_diffusers_pipeline(options):
     noise = gen.initial_noise(conds, torch.Generator().manual_seed(0))
     latents = sample_with_log_probs(gen, conds, gen.sigmas(STEPS), NoiseSchedule("ode"), None, initial_noise=noise).final_latents
     frames = gen.decode(latents)
-    video = run_pipeline(gen, prompt, first, noise, options)
+    video = run_pipeline(i2v_pipeline(gen, options), prompt, first, noise, options)
     assert video.shape == tuple(frames.shape) == (1, options.num_frames, options.height, options.width, 3)
     assert np.abs(video - frames.numpy()).max() < 1e-4
     assert frames.std() > 0.01  # a real video, not a constant that would match anything
@@ -60,6 +67,37 @@ def test_two_experts_split_at_the_boundary():
     assert [gen.expert(s) is gen.transformer for s in sigmas] == [True, False, False, False]
     assert gen.trainable_module() is gen.transformer_2  # the late (low-noise) steps are what IPRO trains
     assert tiny_i2v_generator(OPTIONS).trainable_module() is not None
+
+
+def test_wan2_2_lora_export_loads_onto_the_low_noise_expert(tmp_path):
+    """The LoRA trained on transformer_2, loaded with the call its model card gives, lands there
+    (the high-noise expert stays the base model) and the pipeline generates what we do with it."""
+    ours = tiny_i2v_generator(TWO_EXPERTS, seed=3)
+    params = attach_lora(ours.trainable_module(), LoraSettings(r=4, alpha=8.0))
+    with torch.no_grad():  # B starts at zero: give the adapter an effect
+        for i, p in enumerate(params):
+            p.copy_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+    file = export_lora(ours.trainable_module(), tmp_path, ours.trainable_module_name())
+    assert exported_component(file) == "transformer_2"
+    assert "load_lora_weights(path, load_into_transformer_2=True)" in loading_instructions(tmp_path)
+    prompt, first = "a person turns around", image(0)
+    conds = ours.encode_conditions([prompt], [[first]])
+    noise = ours.initial_noise(conds, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        latents = sample_with_log_probs(ours, conds, ours.sigmas(STEPS), NoiseSchedule("ode"), None,
+                                        initial_noise=noise).final_latents
+        expected = ours.decode(latents).numpy()
+
+    base = tiny_i2v_generator(TWO_EXPERTS, seed=3)
+    high_noise = {k: v.clone() for k, v in base.transformer.state_dict().items()}
+    pipe = i2v_pipeline(base, TWO_EXPERTS)
+    before = run_pipeline(pipe, prompt, first, noise, TWO_EXPERTS)
+    pipe.load_lora_weights(tmp_path, load_into_transformer_2=True)
+    after = run_pipeline(pipe, prompt, first, noise, TWO_EXPERTS)
+    assert not getattr(pipe.transformer, "peft_config", None) and pipe.transformer_2.peft_config
+    assert all(torch.equal(v, high_noise[k]) for k, v in pipe.transformer.state_dict().items())
+    assert np.abs(after - before).max() > 1e-3
+    assert np.abs(after - expected).max() < 1e-4
 
 
 def test_condition_layout_and_batching():

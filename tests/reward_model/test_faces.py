@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from PIL import Image
 
@@ -28,6 +29,7 @@ from identity_grpo.faces.analyzer import (
     FaceModelsMissing,
     FaceNotFound,
     default_providers,
+    provider_options,
     stack_faces,
 )
 from identity_grpo.faces.identity_metrics import identity_metrics
@@ -147,3 +149,22 @@ def test_config_validation_and_default_providers():
     with pytest.raises(ConfigError, match="faces.det_thresh"):
         FaceAnalyzerConfig(det_thresh=1.5).validate()
     assert default_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_gpu_sessions_go_on_the_process_own_gpu(root, monkeypatch):
+    """No GPU needed: what each onnxruntime session is asked for, in the 4th process of a launch."""
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert provider_options(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == \
+        [{"device_id": 3}, {"device_id": 3}, {}]
+    requested = []
+    build_session = onnxruntime.InferenceSession.__init__
+
+    def record(self, path, sess_options=None, providers=None, provider_options=None, **kwargs):
+        requested.append((list(providers), provider_options))
+        build_session(self, path, sess_options, providers=["CPUExecutionProvider"], **kwargs)  # no CUDA here
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(onnxruntime.InferenceSession, "__init__", record)
+    FaceAnalyzer(FaceAnalyzerConfig(pack="tiny", root=str(root), det_size=[96, 96]))  # default providers: CUDA first
+    assert len(requested) == 2  # the detector and the recognizer
+    assert all(r == (["CUDAExecutionProvider", "CPUExecutionProvider"], [{"device_id": 3}, {}]) for r in requested)

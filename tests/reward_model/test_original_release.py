@@ -7,14 +7,20 @@ The writer below reproduces what the release's training code saves: a peft-wrapp
 """
 import dataclasses
 import json
+import pickle
 
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.rewards import reward_model
+from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
+from identity_grpo.rewards.spec import RewardSpec
 from reward_model.model import RewardModelConfig, build_reward_model, load_backbone
+from reward_model.original_release import (INSTRUCTION_FILE, RELEASE_INSTRUCTION, load_original_release, release_config,
+                                           to_our_key)
 from tests_support import save_backbone
-from reward_model.original_release import RELEASE_INSTRUCTION, load_original_release, release_config, to_our_key
 from reward_model.prompting import PromptTemplate
 from test_model import PROMPTS, clips
 
@@ -97,23 +103,87 @@ def test_release_config_rebuilds_the_preprocessing(release):
         release_config(root)
 
 
-@pytest.mark.parametrize("variant, with_embeddings", [("full", True), ("lora", True), ("lora", False)])
-def test_loaded_release_scores_equal_the_saved_model(release, variant, with_embeddings):
+@pytest.mark.parametrize("variant", ["full", "lora"])
+def test_loaded_release_scores_equal_the_saved_model(release, variant):
     root, model = release
-    if with_embeddings:  # the release trained the token's row, and it travels in the checkpoint
-        with torch.no_grad():
-            table = model.backbone.get_input_embeddings().weight
-            table[model.reward_token_id] += 0.5 * torch.randn_like(model.reward_embedding)
-            model.reward_embedding.copy_(table[model.reward_token_id])
-    write_release(root, model, variant, step=21, with_embeddings=with_embeddings)
+    with torch.no_grad():  # the release trained the token's row, and it travels in the checkpoint
+        table = model.backbone.get_input_embeddings().weight
+        table[model.reward_token_id] += 0.5 * torch.randn_like(model.reward_embedding)
+        model.reward_embedding.copy_(table[model.reward_token_id])
+    write_release(root, model, variant, step=21, with_embeddings=True)
     loaded = load_original_release(root, **FAST).eval()
     torch.testing.assert_close(scores(loaded), scores(model), atol=1e-6, rtol=1e-6)
 
 
+def test_checkpoint_without_the_reward_token_row_is_refused(release):
+    root, model = release
+    write_release(root, model, "lora", step=1, with_embeddings=False)
+    with pytest.raises(ValueError, match=r"checkpoint-1/non_lora_state_dict.pth: no 'embed_tokens' weight, so no "
+                                         r"trained row for the reward token <\|SA_reward\|>"):
+        load_original_release(root, **FAST)
+
+
+def test_a_pickled_object_in_a_pth_is_refused(release):
+    root, model = release
+    write_release(root, model, "full", step=1, with_embeddings=True)
+    torch.save({"rm_head.weight": torch.zeros(1, 8), "hook": Hook()}, root / "checkpoint-1" / "model.pth")
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        load_original_release(root, **FAST)
+
+
+class Hook:
+    """Any class: torch.load(weights_only=True) unpickles tensors and containers, no code."""
+
+
+OWN_INSTRUCTION = "\nIs each person of the pictures in the video, unchanged?\nAnswer: {reward_token}\n"
+
+
+def test_a_checkpoint_scores_with_its_own_instruction_from_the_folder_or_a_file(release, tmp_path, monkeypatch):
+    root, model = release
+    write_release(root, model, "lora", step=1, with_embeddings=True)
+    ours = scores(load_original_release(root, **FAST).eval())  # no instruction.txt: our wording
+    (root / INSTRUCTION_FILE).write_text(OWN_INSTRUCTION)
+    own = load_original_release(root, **FAST).eval()
+    assert own.config.prompt.instruction == OWN_INSTRUCTION
+    assert (scores(own) - ours).abs().min() > 1e-4
+    # Stage 2's option gives the same text as a file; it wins over the folder's.
+    (root / INSTRUCTION_FILE).write_text(RELEASE_INSTRUCTION)
+    given = tmp_path / "trained_with.txt"
+    given.write_text(OWN_INSTRUCTION)
+    spec = RewardSpec("reward_model", 1.0, str(root), {"instruction_file": str(given)})
+    check_reward_inputs([spec])
+    monkeypatch.setattr("reward_model.original_release.VIDEO_MIN_PIXELS", None)  # FAST, through the registry
+    videos, refs, prompts = clips()
+    scored = reward_model.build(spec, torch.device("cpu"))(videos, refs, prompts)
+    torch.testing.assert_close(scored, scores(own), atol=1e-6, rtol=1e-6)
+
+
+def test_instruction_file_is_checked_with_the_config_inputs(release, tmp_path):
+    root, model = release
+    write_release(root, model, "lora", step=1, with_embeddings=True)
+
+    def error(options, path=root):
+        with pytest.raises(ConfigError) as caught:
+            specs = [RewardSpec("reward_model", 1.0, str(path), options)]
+            validate_reward_specs(specs)
+            check_reward_inputs(specs)
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    assert error({"instruction_file": str(tmp_path / "missing.txt")}) == \
+        f"rewards[0].options.instruction_file: file not found: {tmp_path / 'missing.txt'}"
+    assert error({"instruction_file": 3}) == "rewards[0].options.instruction_file: a text file's path, got 3"
+    no_token = tmp_path / "no_token.txt"
+    no_token.write_text("Rate the video.")
+    assert "write {reward_token} in the instruction" in error({"instruction_file": str(no_token)})
+    (tmp_path / "ours").mkdir()
+    assert "is not one" in error({"instruction_file": str(no_token)}, tmp_path / "ours")
+
+
 def test_latest_checkpoint_is_picked_numerically_and_a_named_one_on_request(release):
     root, model = release
-    write_release(root, model, "lora", step=10, with_embeddings=False)
-    write_release(root, model, "lora", step=3, with_embeddings=False)
+    write_release(root, model, "lora", step=10, with_embeddings=True)
+    write_release(root, model, "lora", step=3, with_embeddings=True)
     broken = root / "checkpoint-3" / "non_lora_state_dict.pth"
     state = torch.load(broken, weights_only=True)
     state["base_model.model.rm_head.weight"] = torch.zeros(1, 7)
