@@ -66,6 +66,7 @@ class TrainConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     save_every: int = 0  # optimizer steps; 0 = only at the end
+    keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
     log_every: int = 10
     seed: int = 0
 
@@ -86,6 +87,8 @@ class RewardConfig:
         t = self.train
         if t.batch_size < 1 or t.grad_accum_steps < 1:
             raise ConfigError("train.batch_size and train.grad_accum_steps must be >= 1")
+        if t.keep_checkpoints < 1:
+            raise ConfigError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {t.lr}")
         if t.loss == "btt" and t.ties_k <= 1:

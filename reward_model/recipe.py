@@ -2,7 +2,8 @@
 reward model out.
 
     setup: pairs (built from the synthetic world when no manifests are given), model (the tiny
-    backbone pretrained on the world, cached), AdamW, warmup + cosine schedule
+    backbone pretrained on the world, cached), AdamW, warmup + cosine schedule; the pairs come in
+    an order that is a pure function of the seed and the position (pair_order.py)
     step: grad_accum micro-batches (score both clips, BTT loss, backward) -> one optimizer step
     finish: the model in final/, the held-out evaluation against the non-learned baseline -> metrics.json
 
@@ -19,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 
+from identity_grpo.core.checkpointing import check_weights_only
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
 from identity_grpo.world.identities import vocabulary as synthetic_vocabulary
 from reward_model.config import RewardConfig
@@ -27,11 +29,12 @@ from reward_model.losses import bradley_terry_loss, bt_ties_loss
 from reward_model.model import RewardModel, build_reward_model
 from reward_model.pair_dataset import PairCollator, PairVideoDataset, load_splits
 from reward_model.pair_metrics import calibrate_tie_threshold, pair_report
+from reward_model.pair_order import PairOrder
 
 
 @dataclass
 class RewardState(RunState):
-    micro_step: int = 0  # micro-batches done (the data order resumes from here)
+    micro_step: int = 0  # micro-batches done by each process (the data order resumes from here)
     skipped: int = 0  # pairs skipped because a file could not be read
 
 
@@ -98,18 +101,39 @@ def averages(running: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def endless(loader: DataLoader, skip: int):
-    """Yield batches forever (epoch after epoch), skipping the first `skip` micro-batches once."""
-    epoch = 0
-    while True:
-        if hasattr(loader, "set_epoch"):
-            loader.set_epoch(epoch)
-        for batch in loader:
-            if skip > 0:
-                skip -= 1
-                continue
-            yield batch
-        epoch += 1
+class TrainableParameters:
+    """The model's trained parameters as a checkpoint part (the frozen ones are rebuilt from the base)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        own = dict(self.model.named_parameters())
+        if set(state) != set(self.state_dict()):
+            raise ValueError("recipe.TrainableParameters: the checkpoint's parameters differ from this model's "
+                             "trained ones (was the config changed?)")
+        with torch.no_grad():
+            for name, value in state.items():
+                own[name].copy_(value)
+
+
+class DeepSpeedEngineState:
+    """Under DeepSpeed the engine owns the model and its partitioned optimizer: its own checkpoint
+    files, each checked to load as plain tensors and containers before DeepSpeed reads them."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def save_to(self, folder: Path) -> None:
+        self.engine.save_checkpoint(str(folder), tag="engine", save_latest=False)
+
+    def load_from(self, folder: Path) -> None:
+        for file in sorted((folder / "engine").glob("*.pt")):
+            check_weights_only(file)
+        self.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False)
 
 
 class RewardRecipe(Recipe):
@@ -128,23 +152,35 @@ class RewardRecipe(Recipe):
         set_seed(cfg.train.seed)
         self.splits = load_splits(cfg.data, accelerator)
         model = build_model_for_training(cfg, accelerator)
-        dataset = PairVideoDataset(self.splits["train"], num_frames=model.config.num_frames, max_pixels=model.config.max_pixels)
-        loader = DataLoader(
-            dataset, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=PairCollator(model.processor),
-            num_workers=cfg.data.num_workers, drop_last=len(dataset) >= cfg.train.batch_size,
-        )
+        self.dataset = PairVideoDataset(self.splits["train"], num_frames=model.config.num_frames,
+                                        max_pixels=model.config.max_pixels)
+        self.collator = PairCollator(model.processor)
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-        self.steps = total_steps(cfg, len(dataset), accelerator.num_processes)
+        self.steps = total_steps(cfg, len(self.dataset), accelerator.num_processes)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, self.steps))
-        self.model, self.optimizer, self.loader, self.scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+        if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its config's "auto" batch size
+            accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.start_logger()
 
     def total_steps(self) -> int:
         return self.steps
 
+    def checkpoint_parts(self) -> dict[str, object]:
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            return {"engine": DeepSpeedEngineState(self.model), "scheduler": self.scheduler}
+        return {"model": TrainableParameters(self.accelerator.unwrap_model(self.model)), "optimizer": self.optimizer,
+                "scheduler": self.scheduler}
+
     def before_training(self) -> None:
-        self.batches = endless(self.loader, skip=self.state.micro_step)  # the data order continues where it stopped
+        """The pairs from where the run stopped (PairOrder: a pure function of seed and position)."""
+        a, t = self.accelerator, self.cfg.train
+        order = PairOrder(len(self.dataset), t.batch_size, a.num_processes, a.process_index, t.seed,
+                          start=self.state.micro_step)
+        loader = DataLoader(self.dataset, batch_sampler=order, collate_fn=self.collator,
+                            num_workers=self.cfg.data.num_workers)
+        self.batches = iter(loader)
         self.model.train()
 
     def train_step(self, step: int) -> dict[str, float]:

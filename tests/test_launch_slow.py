@@ -28,7 +28,7 @@ def run(args: list[str], tmp_path: Path) -> dict:
 def test_two_cpu_processes(tmp_path):
     metrics = run(["--multi_gpu", "--num_processes", "2"], tmp_path)
     assert metrics["num_test_pairs"] == 6
-    state = json.loads((tmp_path / "run" / "state" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000002" / "state.json").read_text())
     assert state["step"] == 2
 
 

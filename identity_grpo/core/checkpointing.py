@@ -1,44 +1,193 @@
-"""Resumable training state for both stages, written so a finished checkpoint is never lost.
+"""Resumable training state for every recipe: complete checkpoints that fall back, no pickle.
 
-`save_training_state` writes into a temporary folder next to the target and swaps it in with
-renames: if the process dies mid-save, the previous complete state is still on disk.
+    output_dir/checkpoints/step_00000040/
+        state.json                      the recipe's RunState (step, data position, log length, ...)
+        <part>.json + .safetensors      each part's state dict (LoRA, EMA, optimizer, scheduler, model)
+        rng_<process>.json + ...        every process's random generators
+        manifest.json                   every file above with its size and sha256, written last
+
+A checkpoint is written into `step_N.tmp/` and renamed when its manifest is in place, so a folder
+without `.tmp` and with a manifest that matches its files is complete. Loading takes the newest
+complete checkpoint; one whose files do not match its manifest (truncated, corrupted) is named in a
+warning and the one before it is used. After a save the oldest complete checkpoints beyond `keep`
+are deleted, never the newest one. Nothing read back runs code (core/state_files.py); a sharding
+engine's own files (DeepSpeed) are checked to load with `torch.load(weights_only=True)` first.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import random
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-STATE_DIR = "state"
-META_FILE = "trainer_state.json"
+import numpy as np
+import torch
+
+from identity_grpo.core.state_files import load_tree, save_tree
+
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+STATE = "state"  # state.json: the recipe's RunState
+logger = logging.getLogger(__name__)
 
 
-def save_training_state(accelerator, output_dir: str | Path, meta: dict[str, Any]) -> Path:
-    """accelerate state (model, optimizer, scheduler, RNG, registered objects) + meta JSON."""
-    target = Path(output_dir) / STATE_DIR
-    tmp = target.with_name(STATE_DIR + ".tmp")
-    old = target.with_name(STATE_DIR + ".old")
+class Stateful(Protocol):
+    def state_dict(self) -> Any: ...
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class FolderState(Protocol):
+    """A part that writes its own files (collectively, on every process): a sharding engine's state."""
+
+    def save_to(self, folder: Path) -> None: ...
+    def load_from(self, folder: Path) -> None: ...
+
+
+class CheckpointError(RuntimeError):
+    """No complete checkpoint could be loaded, though some exist."""
+
+
+class RngState:
+    """This process's random generators: Python's, NumPy's, torch's CPU and CUDA ones."""
+
+    def state_dict(self) -> dict:
+        kind, keys, position, has_gauss, gauss = np.random.get_state()
+        state = {"python": random.getstate(), "numpy": [kind, keys.astype(np.int64), position, has_gauss, gauss],
+                 "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        random.setstate(state["python"])
+        kind, keys, position, has_gauss, gauss = state["numpy"]
+        np.random.set_state((kind, np.asarray(keys).astype(np.uint32), position, has_gauss, gauss))
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def checkpoint_folders(output_dir: str | Path) -> list[Path]:
+    """Finished checkpoint folders (not yet verified), newest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    folders = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[5:]), reverse=True)
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, parts: dict[str, Any],
+                    run_state: dict, keep: int = 2) -> Path:
+    """Write a complete checkpoint of `parts` (Stateful: written by the main process; FolderState:
+    by every process) and every process's RNG; then delete complete ones beyond the newest `keep`."""
+    root = Path(output_dir) / CHECKPOINTS
+    final = root / f"step_{step:08d}"
+    tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a save killed earlier: ours, never complete
+        tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
+    save_tree(tmp / f"rng_{accelerator.process_index}", RngState().state_dict())
+    for name, part in parts.items():
+        if hasattr(part, "save_to"):
+            part.save_to(tmp / name)
+        elif accelerator.is_main_process:
+            save_tree(tmp / name, part.state_dict())
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        (tmp / f"{STATE}.json").write_text(json.dumps(run_state, indent=2))
+        write_manifest(tmp, step)
+        if final.exists():  # the same step saved again (a rerun of a finished run): replace it
+            shutil.rmtree(final)
+        tmp.rename(final)
+        prune(root, keep)
     accelerator.wait_for_everyone()
-    return target
+    return final
 
 
-def load_training_state(accelerator, output_dir: str | Path) -> dict[str, Any] | None:
-    """Restore the latest complete state under output_dir; returns its meta, or None if there is none."""
-    output_dir = Path(output_dir)
-    for candidate in (output_dir / STATE_DIR, output_dir / (STATE_DIR + ".old")):
-        meta_path = candidate / META_FILE
-        if meta_path.is_file():
-            accelerator.load_state(str(candidate))
-            return json.loads(meta_path.read_text())
+def load_checkpoint(accelerator, output_dir: str | Path, parts: dict[str, Any]) -> dict | None:
+    """Restore the newest complete checkpoint into `parts` and this process's RNG; returns its
+    RunState (a dict), or None when there is none. A damaged one is skipped with a warning."""
+    folders = checkpoint_folders(output_dir)
+    for folder in folders:
+        problem = verify(folder)
+        if problem:
+            message = f"checkpoint {folder} is damaged ({problem}); falling back to the one before it"
+            logger.warning(message)
+            accelerator.print(f"warning: {message}")
+            continue
+        for name, part in parts.items():
+            if hasattr(part, "load_from"):
+                part.load_from(folder / name)
+            else:
+                part.load_state_dict(load_tree(folder / name))
+        rng = folder / f"rng_{accelerator.process_index}"
+        if rng.with_suffix(".json").is_file():
+            RngState().load_state_dict(load_tree(rng))
+        else:  # launched with more processes than saved: the new ones start from the seed
+            accelerator.print(f"warning: {folder} has no random state for process {accelerator.process_index}")
+        return json.loads((folder / f"{STATE}.json").read_text())
+    if folders:
+        raise CheckpointError(f"{Path(output_dir) / CHECKPOINTS}: none of the {len(folders)} checkpoints is complete "
+                              "(see the warnings above); move the folder away to start over")
     return None
+
+
+def write_manifest(folder: Path, step: int) -> None:
+    files = {str(p.relative_to(folder)): file_entry(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"step": step, "files": files}, indent=1))
+    tmp.rename(folder / MANIFEST)
+
+
+def verify(folder: Path) -> str:
+    """"" when every file of the manifest is there with its size and hash; else what is wrong."""
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return "no manifest"
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError):
+        return "unreadable manifest"
+    for name, expected in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} were written"
+        if file_entry(path)["sha256"] != expected["sha256"]:
+            return f"{name} does not match its hash"
+    return ""
+
+
+def file_entry(path: Path) -> dict:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+
+
+def prune(root: Path, keep: int) -> None:
+    """Delete checkpoints beyond the newest `keep` complete ones; incomplete ones older than the
+    newest complete one go too (they can never be resumed from). Only our own step_* folders."""
+    complete = 0
+    for folder in checkpoint_folders(root.parent):
+        if verify(folder):
+            if complete:
+                shutil.rmtree(folder)
+            continue
+        complete += 1
+        if complete > max(1, keep):
+            shutil.rmtree(folder)
+
+
+def check_weights_only(path: Path) -> None:
+    """Refuse a pickled file that needs more than tensors and plain containers to load."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means it is not plain data
+        raise CheckpointError(f"{path}: refused, it does not load as plain tensors and containers ({error})") from None

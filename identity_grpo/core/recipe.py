@@ -2,16 +2,21 @@
 
     recipe.run():
         setup()                      the method's models, data, optimizer (accelerator via make_accelerator)
-        resume                       accelerate state + the typed RunState from output_dir/state, if any
+        resume                       the newest complete checkpoint (core/checkpointing.py), if any
         before_training()            e.g. the evaluation before any update (kept in the state)
         loop: train_step(step)       the method's one optimizer step -> logged values
               log, progress bar, evaluate(step) every train.eval_every, save every train.save_every and at the end
         finish:                      final_metrics() -> export(final/) -> metrics.json -> Hub (model card)
 
-A method subclasses `Recipe` and supplies setup / train_step / evaluate / final_metrics / export /
-model_card; the loop, cadence, state, logging and publishing stay here. The config must have
-`output_dir`, `resume`, `hub` (core.sections.HubConfig), `wandb` (WandbConfig) and a `train`
-section with `eval_every` and `save_every`.
+A method subclasses `Recipe` and supplies setup / checkpoint_parts / train_step / evaluate /
+final_metrics / export / model_card; the loop, cadence, state, logging and publishing stay here.
+The config must have `output_dir`, `resume`, `hub` (core.sections.HubConfig), `wandb`
+(WandbConfig) and a `train` section with `eval_every`, `save_every` and `keep_checkpoints`.
+
+Resume is exact: a run killed at any point and started again with the same command ends with the
+same weights and metrics as one that never stopped (on a CPU bitwise): the checkpoint holds every
+part's state, every process's random generators and the RunState (data position included), and
+the log is cut back to what it held when that checkpoint was written.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from tqdm.auto import tqdm
 
-from identity_grpo.core.checkpointing import load_training_state, save_training_state
+from identity_grpo.core.checkpointing import checkpoint_folders, load_checkpoint, save_checkpoint
 from identity_grpo.core.config_io import ConfigError, to_dict
 from identity_grpo.core.hub import prepare_upload, push_folder
 from identity_grpo.core.tracking import RunLogger
@@ -38,6 +43,7 @@ class RunState:
     """What a resumed run needs besides the accelerate state; saved as JSON beside it."""
 
     step: int = 0  # optimizer steps done
+    log_lines: int = 0  # lines of log.jsonl when the state was saved (a resumed run cuts the log back to them)
 
 
 @dataclass
@@ -80,6 +86,12 @@ class Recipe:
     # --- what a method supplies -------------------------------------------------------------
     def setup(self) -> None:
         """Build everything; must set self.accelerator (make_accelerator) and call self.start_logger()."""
+        raise NotImplementedError
+
+    def checkpoint_parts(self) -> dict[str, object]:
+        """What a checkpoint holds besides the RNG and the RunState: {name: an object with
+        state_dict / load_state_dict (saved by the main process), or with save_to / load_from (a
+        sharding engine's own files, every process)}."""
         raise NotImplementedError
 
     def total_steps(self) -> int:
@@ -135,12 +147,17 @@ class Recipe:
                                 enabled=self.accelerator.is_main_process)
 
     def resume(self) -> None:
-        saved = load_training_state(self.accelerator, self.output_dir) if self.cfg.resume else None
-        if saved is None:
-            return
-        known = {f.name for f in fields(self.state_class)}
-        self.state = self.state_class(**{k: v for k, v in saved.items() if k in known})
-        self.accelerator.print(f"resumed from {self.output_dir / 'state'} at step {self.state.step}")
+        """Continue from the newest complete checkpoint; resume=false refuses a folder that has one
+        (a finished checkpoint is never overwritten by a fresh start)."""
+        if not self.cfg.resume and checkpoint_folders(self.output_dir):
+            raise ConfigError(f"output_dir {self.output_dir} holds checkpoints of an earlier run; resume=false would "
+                              "overwrite them: choose another output_dir, or resume=true to continue it")
+        saved = load_checkpoint(self.accelerator, self.output_dir, self.checkpoint_parts()) if self.cfg.resume else None
+        if saved is not None:
+            known = {f.name for f in fields(self.state_class)}
+            self.state = self.state_class(**{k: v for k, v in saved.items() if k in known})
+            self.accelerator.print(f"resumed from {self.output_dir / 'checkpoints'} at step {self.state.step}")
+        self.logger.keep_first(self.state.log_lines)  # what was logged after that checkpoint is logged again
 
     def train_loop(self) -> None:
         t, total = self.cfg.train, self.total_steps()
@@ -163,8 +180,10 @@ class Recipe:
         progress.close()
 
     def save(self) -> None:
-        """Resumable state (accelerate's, with the typed RunState) and the method's extra files."""
-        save_training_state(self.accelerator, self.output_dir, asdict(self.state))
+        """A complete checkpoint (parts, RNG, RunState) and the method's extra files."""
+        self.state.log_lines = self.logger.lines
+        save_checkpoint(self.accelerator, self.output_dir, self.state.step, self.checkpoint_parts(),
+                        asdict(self.state), keep=self.cfg.train.keep_checkpoints)
         self.on_save()
         self.accelerator.wait_for_everyone()
 

@@ -22,6 +22,7 @@ class Stream(IntEnum):
     SDE_WINDOW = 5  # where the trained SDE window starts (step; the same on every process)
     SAMPLING = 6  # initial and per-step noise of training samples (step, process)
     UPDATE = 7  # the update phase's shuffles of samples and timesteps (step, process)
+    PAIR_ORDER = 8  # stage 1: the order of the training pairs in one epoch (epoch)
 
 
 def mix_seed(*parts: int) -> int:

@@ -16,6 +16,7 @@ class RunLogger:
         self.enabled = enabled
         self.path = Path(output_dir) / "log.jsonl"
         self.wandb_run = None
+        self.lines = 0  # lines of log.jsonl this run stands on (see keep_first)
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,8 +40,17 @@ class RunLogger:
         clean = {k: (float(v) if hasattr(v, "item") else v) for k, v in metrics.items()}
         with self.path.open("a") as f:
             f.write(json.dumps({"step": step, **clean}) + "\n")
+        self.lines += 1
         if self.wandb_run is not None:
             self.wandb_run.log(clean, step=step)
+
+    def keep_first(self, lines: int) -> None:
+        """Cut log.jsonl back to its first `lines` lines (a resumed run logs the rest again, once)."""
+        if not self.enabled:
+            return
+        kept = self.path.read_text().splitlines(keepends=True)[:lines] if self.path.is_file() else []
+        self.path.write_text("".join(kept))
+        self.lines = len(kept)
 
     def log_video(self, key: str, path: str | Path, step: int) -> None:
         if self.enabled and self.wandb_run is not None:

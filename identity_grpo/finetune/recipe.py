@@ -113,9 +113,6 @@ class FinetuneRecipe(Recipe):
         transformer.eval()
         optimizer = accelerator.prepare(self.make_optimizer(params))
         self.policy = Policy(self.policy_view(), transformer, params, optimizer, self.make_ema(params))
-        accelerator.register_for_checkpointing(LoraCheckpoint(transformer))
-        if self.policy.ema is not None:
-            accelerator.register_for_checkpointing(self.policy.ema)
         group_size, groups = self.sampler_shape()
         self.sampler = GroupSampler(len(self.train_records), group_size, groups, accelerator.num_processes,
                                     accelerator.process_index, t.seed)
@@ -125,6 +122,12 @@ class FinetuneRecipe(Recipe):
             accelerator, at_resolution(self.generator, s.eval_height, s.eval_width, s.eval_num_frames),
             self.eval_records, self.evaluation_rewards(), self.evaluation_hook(hook), s, t.seed,
             self.policy.ema_weights, self.logger, self.output_dir, t.num_steps)
+
+    def checkpoint_parts(self) -> dict[str, object]:
+        parts = {"lora": LoraCheckpoint(self.policy.transformer), "optimizer": self.policy.optimizer}
+        if self.policy.ema is not None:
+            parts["ema"] = self.policy.ema
+        return parts
 
     def total_steps(self) -> int:
         return self.cfg.train.num_steps

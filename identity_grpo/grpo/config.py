@@ -70,6 +70,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     eval_every: int = 0  # iterations; 0: evaluate only before and after training
     save_every: int = 0  # iterations; 0: save only at the end
+    keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -158,6 +159,8 @@ def _validate_train(t: TrainSettings, s: SamplingConfig) -> None:
         raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
     if t.eval_every < 0 or t.save_every < 0:
         raise ConfigError("train.eval_every and train.save_every must be >= 0")
+    if t.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     if not 0 <= t.sde_window_size <= s.train_steps:
         raise ConfigError(f"train.sde_window_size must be in [0, sampling.train_steps = {s.train_steps}]")
     if t.sde_window_range:

@@ -78,6 +78,7 @@ class IproTrainSettings:
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     eval_every: int = 0  # steps; 0: evaluate only before and after training
     save_every: int = 0  # steps; 0: save only at the end
+    keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -163,6 +164,8 @@ def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
         raise ConfigError(f"train.reward_weight must be > 0 and train.kl_weight >= 0, got {t.reward_weight}, {t.kl_weight}")
     if t.eval_every < 0 or t.save_every < 0:
         raise ConfigError("train.eval_every and train.save_every must be >= 0")
+    if t.keep_checkpoints < 1:
+        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
 
 
 def _validate_face_reward(f: FaceRewardConfig) -> None:

@@ -44,7 +44,7 @@ def test_two_steps_change_every_trainable_parameter_and_no_frozen_one(tmp_path):
 def test_rerun_resumes_from_the_saved_state(tmp_path):
     train_reward_model(tiny_config(tmp_path))
     train_reward_model(tiny_config(tmp_path, "train.max_steps=3"))
-    state = json.loads((tmp_path / "run" / "state" / "trainer_state.json").read_text())
+    state = json.loads((tmp_path / "run" / "checkpoints" / "step_00000003" / "state.json").read_text())
     assert state["step"] == 3 and state["micro_step"] == 3
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log if "train/loss" in entry] == [1, 2, 3]  # step 3 only, not 1-3 again
