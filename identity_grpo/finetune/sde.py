@@ -18,6 +18,8 @@ from typing import Literal
 
 import torch
 
+from identity_grpo.core.config_io import require_at_least
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -76,8 +78,7 @@ class NoiseSchedule:
     def validate(self) -> None:
         if self.kind not in ("flow_grpo", "linear", "ode"):
             raise ValueError(f"sde.NoiseSchedule.kind: expected flow_grpo, linear or ode, got {self.kind!r}")
-        if self.eta < 0 or self.s_min < 0 or self.s_max < 0:
-            raise ValueError("sde.NoiseSchedule: eta, s_min and s_max must be >= 0")
+        require_at_least("", self, 0, "eta", "s_min", "s_max")
 
     def scale(self, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor:
         """The noise scale s for the step sigma -> sigma_next (float32, shaped like sigma)."""
