@@ -124,6 +124,7 @@ def endless(loader: DataLoader, skip: int):
 
 
 def train_reward_model(cfg: RewardConfig) -> dict:
+    cfg.validate_inputs()  # the manifests and backbone exist, before the accelerator or any model starts
     accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed)
     output_dir = Path(cfg.output_dir)
