@@ -1,11 +1,18 @@
-"""Stage-1 experiment config: one YAML file in configs/reward/, validated before any model loads."""
+"""Stage-1 experiment config: one YAML file in configs/reward/, validated before any model loads.
+
+    cfg = load_config(RewardConfig, "configs/reward/synthetic.yaml", ["train.lr=1e-4"])  # runs validate()
+    cfg.validate_inputs()  # the files it names exist here (the trainer calls it)
+
+`validate` checks what the file alone decides (every count, rate and combination), so every YAML
+in configs/ loads anywhere; `validate_inputs` checks the machine. Errors name the field.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
-from identity_grpo.core.config_io import ConfigError
+from identity_grpo.core.config_io import ConfigError, require_at_least, require_local, require_positive
+from identity_grpo.core.hub import is_hub_id
 from identity_grpo.core.sections import HubConfig, WandbConfig
 from reward_model.model import RewardModelConfig
 
@@ -31,6 +38,9 @@ class DataConfig:
     val_manifest: str = ""
     test_manifest: str = ""
     synthetic: SyntheticPairsConfig = field(default_factory=SyntheticPairsConfig)
+    # VideoAlign CSVs with several preference columns (VQ, MQ, TA): the one to train on. Empty: the
+    # 'label' column, else the only preference column (reward_model/pairs.py).
+    label_column: str = ""
     check_files: bool = True  # stat every video and reference before training starts
     num_workers: int = 0
 
@@ -83,25 +93,51 @@ class RewardConfig:
     resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir: required (where checkpoints and metrics.json go)")
         self.model.validate()
-        t = self.train
-        if t.batch_size < 1 or t.grad_accum_steps < 1:
-            raise ConfigError("train.batch_size and train.grad_accum_steps must be >= 1")
-        if t.keep_checkpoints < 1:
-            raise ConfigError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
-        if t.lr <= 0:
-            raise ConfigError(f"train.lr must be > 0, got {t.lr}")
-        if t.loss == "btt" and t.ties_k <= 1:
-            raise ConfigError(f"train.ties_k must be > 1 for the ties loss, got {t.ties_k}")
-        if t.max_steps <= 0 and t.epochs <= 0:
-            raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
-        manifests = [self.data.train_manifest, self.data.val_manifest, self.data.test_manifest]
-        if any(manifests) and not self.data.train_manifest:
-            raise ConfigError("data.train_manifest is required when any manifest is given")
-        for name, path in zip(("train_manifest", "val_manifest", "test_manifest"), manifests):
-            if path and not Path(path).is_file():
-                raise ConfigError(f"data.{name}: file not found: {path}")
+        _validate_data(self.data)
+        _validate_train(self.train)
+        p = self.pretrain
+        if p.enabled:
+            if self.model.backbone != "tiny":
+                raise ConfigError("pretrain.enabled is only for the tiny synthetic backbone (model.backbone: tiny)")
+            require_at_least("pretrain", p, 1, "steps", "batch_size")
+            require_at_least("pretrain", p, 0, "warmup_steps")
+            require_positive("pretrain", p, "lr")
+            if not p.cache_dir:
+                raise ConfigError("pretrain.cache_dir: required (the pretrained backbone is cached there)")
         if self.hub.push and not self.hub.repo_id:
             raise ConfigError("hub.push is set but hub.repo_id is empty")
-        if self.pretrain.enabled and self.model.backbone != "tiny":
-            raise ConfigError("pretrain.enabled is only for the tiny synthetic backbone (model.backbone: tiny)")
+
+    def validate_inputs(self) -> None:
+        """The manifests and the backbone folder exist here (hub ids and "tiny" are not paths)."""
+        d = self.data
+        for name in ("train_manifest", "val_manifest", "test_manifest"):
+            if getattr(d, name):
+                require_local(getattr(d, name), f"data.{name}", "file")
+        if self.model.backbone != "tiny" and not is_hub_id(self.model.backbone):
+            require_local(self.model.backbone, "model.backbone", "folder")
+
+
+def _validate_data(d: DataConfig) -> None:
+    manifests = [d.train_manifest, d.val_manifest, d.test_manifest]
+    if any(manifests) and not d.train_manifest:
+        raise ConfigError("data.train_manifest is required when any manifest is given")
+    if d.label_column and not any(m.lower().endswith(".csv") for m in manifests):
+        raise ConfigError(f"data.label_column ({d.label_column!r}) picks a column of a CSV manifest; "
+                          "none of data.train_manifest / val_manifest / test_manifest is a .csv")
+    require_at_least("data", d, 0, "num_workers")
+    if not d.train_manifest:  # the synthetic pairs are built; every split must hold pairs
+        require_at_least("data.synthetic", d.synthetic, 1, "num_train", "num_val", "num_test", "num_frames",
+                         "height", "width")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    require_at_least("train", t, 1, "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints")
+    require_at_least("train", t, 0, "warmup_steps", "eval_every", "save_every", "weight_decay", "epochs")
+    require_positive("train", t, "lr", "max_grad_norm")
+    if t.max_steps <= 0 and t.epochs <= 0:
+        raise ConfigError("set train.max_steps > 0 or train.epochs > 0")
+    if t.loss == "btt" and t.ties_k <= 1:
+        raise ConfigError(f"train.ties_k must be > 1 for the ties loss, got {t.ties_k}")

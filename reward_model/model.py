@@ -26,7 +26,7 @@ from tokenizers import AddedToken
 from torch import nn
 from transformers import AutoTokenizer, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from identity_grpo.core.config_io import ConfigError, from_dict
+from identity_grpo.core.config_io import ConfigError, check_options, from_dict, require_at_least, require_positive
 from reward_model.prompting import PromptTemplate, RewardBatch, RewardProcessor
 from reward_model.tiny import TinyBackboneConfig, build_word_tokenizer, tiny_qwen2_5_vl_config
 from reward_model.vision_inputs import VisionSpec
@@ -62,8 +62,27 @@ class RewardModelConfig:
     prompt: PromptTemplate = field(default_factory=PromptTemplate)
 
     def validate(self) -> None:
-        if self.lora_r < 0 or self.num_frames < 1 or self.max_pixels < 1 or self.reference_max_pixels < 1:
-            raise ConfigError("model.lora_r must be >= 0; model.num_frames, max_pixels, reference_max_pixels >= 1")
+        if not self.backbone:
+            raise ConfigError("model.backbone: required ('tiny', a hub id or a folder)")
+        if self.backbone == "tiny":
+            check_options("model.tiny", self.tiny)
+        if not self.reward_token:
+            raise ConfigError("model.reward_token: required (the special token the head reads)")
+        require_at_least("model", self, 0, "lora_r")  # 0: no LoRA
+        require_at_least("model", self, 1, "num_frames", "max_pixels", "reference_max_pixels")
+        if self.lora_r:
+            require_positive("model", self, "lora_alpha")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"model.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        for low, high in (("min_pixels", "max_pixels"), ("reference_min_pixels", "reference_max_pixels")):
+            if getattr(self, low) is not None and not 1 <= getattr(self, low) <= getattr(self, high):
+                raise ConfigError(f"model.{low} must be in [1, model.{high}], got {getattr(self, low)}")
+        require_positive("model", self, "sample_fps")
+        try:  # a typo in a field name ({promt}) would otherwise fail at the first batch
+            self.prompt.instruction.format(prompt="", reward_token="")
+        except (KeyError, IndexError, ValueError) as error:
+            raise ConfigError(f"model.prompt.instruction: only {{prompt}} and {{reward_token}} may be filled in "
+                              f"({type(error).__name__}: {error})") from None
 
 
 class RewardModel(nn.Module):

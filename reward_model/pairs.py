@@ -18,6 +18,8 @@ from typing import Iterable
 
 import datasets
 
+from identity_grpo.core.config_io import ConfigError
+
 LABELS = ("a", "b", "tie")
 SOURCES = ("human", "synthetic")
 # Field -> datasets type; all required in native manifests (distortion/severity fields may be null).
@@ -43,8 +45,9 @@ VIDEOALIGN_LABELS = {"a": "a", "b": "b", "same": "tie"}
 VIDEOALIGN_DIMENSIONS = ("VQ", "MQ", "TA")
 
 
-class PairManifestError(ValueError):
-    """A manifest that cannot be used; the message names the file, row and field."""
+class PairManifestError(ConfigError):
+    """A manifest that cannot be used; the message names the file, row and field. A user error
+    like a bad config: the entry scripts print it as one line and exit with status 2."""
 
 
 def _fail(name: str, row: int, field: str | None, message: str) -> PairManifestError:

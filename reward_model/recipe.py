@@ -147,6 +147,7 @@ class RewardRecipe(Recipe):
 
     def setup(self) -> None:
         cfg = self.cfg
+        cfg.validate_inputs()  # the manifests and backbone exist, before the accelerator or any model starts
         self.accelerator = accelerator = make_accelerator(
             cfg.train.mixed_precision, cfg.train.grad_accum_steps, engines=(DistributedType.DEEPSPEED,))
         set_seed(cfg.train.seed)

@@ -13,6 +13,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig
 
+from identity_grpo.core.config_io import ConfigError, require_at_least, require_positive
+
 PAD_TOKEN = "<|endoftext|>"
 UNK_TOKEN = "<unk>"
 # Order fixes the ids: PAD_TOKEN is 0, UNK_TOKEN is 8.
@@ -76,6 +78,17 @@ class TinyBackboneConfig:
     window_size: int = 32  # pixels per side of a vision attention window (Qwen's is 112 = 4 merged patches)
     rope_theta: float = 10000.0
 
+    def validate(self) -> None:
+        require_at_least("", self, 1, "hidden", "layers", "heads", "kv_heads", "intermediate", "vision_depth",
+                         "vision_hidden", "vision_heads", "vision_intermediate", "patch_size", "window_size")
+        require_positive("", self, "rope_theta")
+        if self.hidden % self.heads or (self.hidden // self.heads) % 8:
+            raise ConfigError(f"hidden ({self.hidden}) / heads ({self.heads}) must be a multiple of 8")
+        if self.heads % self.kv_heads:  # grouped-query attention shares each key/value head among whole groups
+            raise ConfigError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads})")
+        if self.vision_hidden % self.vision_heads:
+            raise ConfigError(f"vision_heads ({self.vision_heads}) must divide vision_hidden ({self.vision_hidden})")
+
 
 def mrope_section(head_dim: int) -> list[int]:
     """Split head_dim/2 rotary frequencies over (time, height, width) as Qwen2.5-VL does (16, 24, 24 of 64)."""
@@ -88,10 +101,7 @@ def mrope_section(head_dim: int) -> list[int]:
 def tiny_qwen2_5_vl_config(vocab_size: int, **sizes) -> Qwen2_5_VLConfig:
     """`sizes`: TinyBackboneConfig fields (hidden=..., layers=..., patch_size=...); the rest keep their defaults."""
     s = TinyBackboneConfig(**sizes)
-    if s.hidden % s.heads or (s.hidden // s.heads) % 8:
-        raise ValueError(f"tiny backbone: hidden ({s.hidden}) / heads ({s.heads}) must be a multiple of 8")
-    if s.vision_hidden % s.vision_heads:
-        raise ValueError(f"tiny backbone: vision_hidden ({s.vision_hidden}) must divide by vision_heads ({s.vision_heads})")
+    s.validate()
     head_dim = s.hidden // s.heads
     text = dict(
         vocab_size=vocab_size,

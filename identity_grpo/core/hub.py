@@ -6,10 +6,18 @@ uploaded can be inspected without network); `push_folder` creates the repo and u
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+def is_hub_id(value: str) -> bool:
+    """"owner/name" that is not a local path: loaded from the Hub (or its cache) by the library."""
+    return bool(_HUB_ID.fullmatch(value)) and not Path(value).exists()
 
 
 def model_card(title: str, summary: str, metrics: dict[str, Any], config: dict[str, Any], tags: list[str]) -> str:

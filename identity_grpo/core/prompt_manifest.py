@@ -21,9 +21,12 @@ from typing import Any
 import numpy as np
 import PIL.Image
 
+from identity_grpo.core.config_io import ConfigError
 
-class PromptManifestError(ValueError):
-    """A manifest that cannot be used; the message names the file, row and field."""
+
+class PromptManifestError(ConfigError):
+    """A manifest that cannot be used; the message names the file, row and field. A user error
+    like a bad config: the entry scripts print it as one line and exit with status 2."""
 
 
 @dataclass

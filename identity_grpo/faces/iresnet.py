@@ -30,13 +30,13 @@ class IResNetConfig:
 
     def validate(self) -> None:
         if len(self.layers) != 4 or min(self.layers) < 1:
-            raise ValueError(f"IResNetConfig.layers: four stages of >= 1 blocks, got {self.layers}")
+            raise ValueError(f"layers: four stages of >= 1 blocks, got {self.layers}")
         if len(self.widths) != 4 or min(self.widths) < 1:
-            raise ValueError(f"IResNetConfig.widths: four positive channel counts, got {self.widths}")
+            raise ValueError(f"widths: four positive channel counts, got {self.widths}")
         if self.input_size < 16 or self.input_size % 16:
-            raise ValueError(f"IResNetConfig.input_size: a positive multiple of 16, got {self.input_size}")
+            raise ValueError(f"input_size: a positive multiple of 16, got {self.input_size}")
         if self.embedding_dim < 1:
-            raise ValueError(f"IResNetConfig.embedding_dim: must be >= 1, got {self.embedding_dim}")
+            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
 
 
 # The public arcface_torch backbones (block counts of insightface's iresnet18/34/50/100).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from identity_grpo.core.config_io import ConfigError, require_local
+from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
 
 
 @dataclass
@@ -51,9 +51,17 @@ def check_manifest_inputs(d: DataConfig, eval_every: int) -> None:
         raise ConfigError("train.eval_every is set but data.eval_manifest is empty")
 
 
+def validate_sampling(s) -> None:
+    """The sampling fields GRPO's SamplingConfig and IPRO's IproSampling share (evaluation is shared)."""
+    require_at_least("sampling", s, 1, "train_steps", "eval_steps", "eval_batch_size")
+    # 0 keeps the generator's training size; grid_prompts 0 draws no sample grid
+    require_at_least("sampling", s, 0, "eval_height", "eval_width", "eval_num_frames", "grid_prompts")
+    check_options("sampling.eval_noise", s.eval_noise)
+
+
 def validate_lora(lora: LoraSettings) -> None:
-    if lora.r < 1 or lora.alpha <= 0:
-        raise ConfigError(f"lora.r must be >= 1 and lora.alpha > 0, got {lora.r} and {lora.alpha}")
+    require_at_least("lora", lora, 1, "r")
+    require_positive("lora", lora, "alpha")
     if not 0 <= lora.dropout < 1:
         raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout}")
     if not lora.target_modules:
@@ -67,7 +75,7 @@ def validate_world(d: DataConfig) -> None:
     if d.train_manifest or d.eval_manifest:
         raise ConfigError("data.world.enabled: the world writes its own manifests; leave data.train_manifest "
                           "and data.eval_manifest empty (or disable data.world)")
-    if w.num_train < 1 or w.num_heldout < 0:
-        raise ConfigError(f"data.world: num_train must be >= 1 and num_heldout >= 0, got {w.num_train}, {w.num_heldout}")
+    require_at_least("data.world", w, 1, "num_train")
+    require_at_least("data.world", w, 0, "num_heldout")
     if not w.num_people or any(not 1 <= n <= 4 for n in w.num_people):
         raise ConfigError(f"data.world.num_people: values in [1, 4], got {w.num_people}")

@@ -33,6 +33,8 @@ from typing import Literal
 
 import torch
 
+from identity_grpo.core.config_io import require_at_least
+
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -93,10 +95,9 @@ class NoiseSchedule:
     def validate(self) -> None:
         if self.kind not in ("flow_grpo", "linear", "cps", "ode"):
             raise ValueError(f"sde.NoiseSchedule.kind: expected flow_grpo, linear, cps or ode, got {self.kind!r}")
-        if self.eta < 0 or self.s_min < 0 or self.s_max < 0:
-            raise ValueError("sde.NoiseSchedule: eta, s_min and s_max must be >= 0")
+        require_at_least("", self, 0, "eta", "s_min", "s_max")
         if not 0 <= self.noise_level <= 1:
-            raise ValueError(f"sde.NoiseSchedule.noise_level must be in [0, 1], got {self.noise_level}")
+            raise ValueError(f"noise_level must be in [0, 1], got {self.noise_level}")
 
     def scale(self, sigma: float | torch.Tensor, sigma_next: float | torch.Tensor) -> torch.Tensor:
         """The step sigma -> sigma_next's noise parameter (float32, shaped like sigma): the noise

@@ -5,14 +5,13 @@ weights, at which size. Validated before any model loads.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_local
+from identity_grpo.core.hub import is_hub_id
 from identity_grpo.generators.phantom import PhantomOptions
 from identity_grpo.generators.vace import VaceOptions
 from identity_grpo.generators.wan_i2v import I2vOptions
@@ -21,7 +20,6 @@ TINY = "tiny"  # generator.pretrained value that builds random tiny components (
 TOY = "toy"  # generator.pretrained value: the toy generator pretrained on the synthetic world (cached)
 BUILT_IN = (TINY, TOY)  # generator.pretrained values that are not paths or hub ids
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 @dataclass
@@ -62,8 +60,3 @@ class GeneratorConfig:
             require_local(self.pretrained, "generator.pretrained", "folder")
         if self.phantom_checkpoint:
             require_local(self.phantom_checkpoint, "generator.phantom_checkpoint", "file")
-
-
-def is_hub_id(value: str) -> bool:
-    """"owner/name" that is not a local path: loaded from the Hub (or its cache) by the library."""
-    return bool(_HUB_ID.fullmatch(value)) and not Path(value).exists()

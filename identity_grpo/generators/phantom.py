@@ -29,6 +29,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.phantom_convert import load_converted, load_original_state_dict
 from identity_grpo.generators.wan_common import (
@@ -62,10 +63,8 @@ class PhantomOptions:
     max_sequence_length: int = 512  # UMT5 tokens; Wan checkpoints are trained with 512
 
     def validate(self) -> None:
-        if self.height <= 0 or self.width <= 0 or self.num_frames <= 0:
-            raise ValueError("phantom.PhantomOptions: height, width and num_frames must be positive")
-        if self.shift <= 0 or self.max_sequence_length <= 0:
-            raise ValueError("phantom.PhantomOptions: shift and max_sequence_length must be positive")
+        require_at_least("", self, 1, "height", "width", "num_frames", "max_sequence_length")
+        require_positive("", self, "shift")
 
 
 def guidance_weights(scale_img: float, scale_text: float) -> tuple[float, float, float]:

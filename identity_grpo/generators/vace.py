@@ -24,6 +24,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanVACETransformer3DModel
 from transformers import AutoTokenizer, UMT5EncoderModel
 
+from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.wan_common import (
     encode_prompts,
@@ -53,10 +54,8 @@ class VaceOptions:
     conditioning_scale: float = 1.0  # weight of the VACE control branch
 
     def validate(self) -> None:
-        if self.height <= 0 or self.width <= 0 or self.num_frames <= 0:
-            raise ValueError("vace.VaceOptions: height, width and num_frames must be positive")
-        if self.shift <= 0 or self.max_sequence_length <= 0:
-            raise ValueError("vace.VaceOptions: shift and max_sequence_length must be positive")
+        require_at_least("", self, 1, "height", "width", "num_frames", "max_sequence_length")
+        require_positive("", self, "shift")
 
 
 class VaceGenerator:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
 
+from identity_grpo.core.config_io import ConfigError, require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.wan_common import (
     encode_prompts,
@@ -70,12 +71,10 @@ class I2vOptions:
     boundary_ratio: float = 0.0
 
     def validate(self) -> None:
-        if self.height <= 0 or self.width <= 0 or self.num_frames <= 0:
-            raise ValueError("wan_i2v.I2vOptions: height, width and num_frames must be positive")
-        if self.shift <= 0 or self.max_sequence_length <= 0:
-            raise ValueError("wan_i2v.I2vOptions: shift and max_sequence_length must be positive")
+        require_at_least("", self, 1, "height", "width", "num_frames", "max_sequence_length")
+        require_positive("", self, "shift")
         if not 0.0 <= self.boundary_ratio < 1.0:
-            raise ValueError(f"wan_i2v.I2vOptions: boundary_ratio must be in [0, 1), got {self.boundary_ratio}")
+            raise ConfigError(f"boundary_ratio must be in [0, 1), got {self.boundary_ratio}")
 
 
 def first_frame(images: Sequence[np.ndarray], height: int, width: int) -> torch.Tensor:

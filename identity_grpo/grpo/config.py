@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from identity_grpo.core.config_io import ConfigError, check_options
+from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_positive
 from identity_grpo.core.sections import HubConfig, WandbConfig
-from identity_grpo.finetune.config import DataConfig, LoraSettings, check_manifest_inputs, validate_lora, validate_world
+from identity_grpo.finetune.config import (DataConfig, LoraSettings, check_manifest_inputs, validate_lora,
+                                          validate_sampling, validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
 from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
@@ -93,6 +94,8 @@ class GrpoConfig:
     resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
+        if not self.output_dir:
+            raise ConfigError("output_dir: required (where checkpoints, samples and metrics.json go)")
         self.generator.validate()
         _validate_sampling(self.sampling)
         validate_lora(self.lora)
@@ -131,36 +134,23 @@ class GrpoConfig:
 
 
 def _validate_sampling(s: SamplingConfig) -> None:
-    if s.train_steps < 1 or s.eval_steps < 1:
-        raise ConfigError("sampling.train_steps and sampling.eval_steps must be >= 1")
+    validate_sampling(s)
     check_options("sampling.noise", s.noise)
-    check_options("sampling.eval_noise", s.eval_noise)
     if s.noise.kind == "ode":
         raise ConfigError("sampling.noise.kind: 'ode' has no log-probabilities to train on; use flow_grpo, linear or cps")
-    if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
-        raise ConfigError("sampling.eval_height/eval_width/eval_num_frames/grid_prompts must be >= 0, eval_batch_size >= 1")
 
 
 def _validate_train(t: TrainSettings, s: SamplingConfig) -> None:
-    positive = ("num_steps", "group_size", "prompts_per_step", "sample_batch_size", "train_batch_size",
-                "inner_epochs", "updates_per_epoch")
-    for name in positive:
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    require_at_least("train", t, 1, "num_steps", "prompts_per_step", "sample_batch_size", "train_batch_size",
+                     "inner_epochs", "updates_per_epoch", "keep_checkpoints")
     if t.group_size < 2:
-        raise ConfigError("train.group_size must be >= 2: a group of one has no spread to learn from")
-    if t.lr <= 0 or t.weight_decay < 0 or t.max_grad_norm <= 0:
-        raise ConfigError("train.lr and train.max_grad_norm must be > 0, train.weight_decay >= 0")
-    if t.clip_range <= 0 or t.adv_clip <= 0 or t.beta < 0:
-        raise ConfigError("train.clip_range and train.adv_clip must be > 0, train.beta >= 0")
+        raise ConfigError(f"train.group_size must be >= 2 (one sample has no spread to learn from), got {t.group_size}")
+    require_at_least("train", t, 0, "eval_every", "save_every", "weight_decay", "beta")  # 0: off
+    require_positive("train", t, "lr", "max_grad_norm", "clip_range", "adv_clip")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if not 0 < t.timestep_fraction <= 1:
         raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
-    if t.eval_every < 0 or t.save_every < 0:
-        raise ConfigError("train.eval_every and train.save_every must be >= 0")
-    if t.keep_checkpoints < 1:
-        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
     if not 0 <= t.sde_window_size <= s.train_steps:
         raise ConfigError(f"train.sde_window_size must be in [0, sampling.train_steps = {s.train_steps}]")
     if t.sde_window_range:

@@ -16,10 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from identity_grpo.core.config_io import ConfigError, check_options, require_local
+from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
 from identity_grpo.core.sections import HubConfig, WandbConfig
 from identity_grpo.faces.analyzer import FaceAnalyzerConfig
-from identity_grpo.finetune.config import DataConfig, LoraSettings, check_manifest_inputs, validate_lora, validate_world
+from identity_grpo.finetune.config import (DataConfig, LoraSettings, check_manifest_inputs, validate_lora,
+                                          validate_sampling, validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
 from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
@@ -101,16 +102,12 @@ class IproConfig:
     resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
-        g, s, t = self.generator, self.sampling, self.train
-        g.validate()
-        if s.train_steps < 1 or s.eval_steps < 1:
-            raise ConfigError("sampling.train_steps and sampling.eval_steps must be >= 1")
-        if min(s.eval_height, s.eval_width, s.eval_num_frames, s.grid_prompts) < 0 or s.eval_batch_size < 1:
-            raise ConfigError("sampling.eval_height/eval_width/eval_num_frames/grid_prompts must be >= 0, "
-                              "eval_batch_size >= 1")
-        check_options("sampling.eval_noise", s.eval_noise)
+        if not self.output_dir:
+            raise ConfigError("output_dir: required (where checkpoints, samples and metrics.json go)")
+        self.generator.validate()
+        validate_sampling(self.sampling)
         validate_lora(self.lora)
-        _validate_train(t, s)
+        _validate_train(self.train, self.sampling)
         _validate_face_reward(self.face_reward)
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
@@ -146,9 +143,9 @@ class IproConfig:
 
 
 def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
-    for name in ("num_steps", "batch_size", "micro_batch_size", "last_steps"):
-        if getattr(t, name) < 1:
-            raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
+    require_at_least("train", t, 1, "num_steps", "batch_size", "micro_batch_size", "last_steps", "keep_checkpoints")
+    require_at_least("train", t, 0, "eval_every", "save_every", "weight_decay", "max_grad_norm", "kl_weight")  # 0: off
+    require_positive("train", t, "lr", "reward_weight")
     if t.last_steps > s.train_steps:
         raise ConfigError(f"train.last_steps ({t.last_steps}) exceeds sampling.train_steps ({s.train_steps})")
     if t.kl_step_weights and len(t.kl_step_weights) != t.last_steps:
@@ -156,16 +153,8 @@ def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
                           f"got {len(t.kl_step_weights)}")
     if any(w < 0 for w in t.kl_step_weights):
         raise ConfigError(f"train.kl_step_weights must be >= 0, got {t.kl_step_weights}")
-    if t.lr <= 0 or t.weight_decay < 0 or t.max_grad_norm < 0:
-        raise ConfigError("train.lr must be > 0, train.weight_decay and train.max_grad_norm >= 0")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas: two values in [0, 1), got {t.betas}")
-    if t.reward_weight <= 0 or t.kl_weight < 0:
-        raise ConfigError(f"train.reward_weight must be > 0 and train.kl_weight >= 0, got {t.reward_weight}, {t.kl_weight}")
-    if t.eval_every < 0 or t.save_every < 0:
-        raise ConfigError("train.eval_every and train.save_every must be >= 0")
-    if t.keep_checkpoints < 1:
-        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {t.keep_checkpoints}")
 
 
 def _validate_face_reward(f: FaceRewardConfig) -> None:
@@ -177,7 +166,6 @@ def _validate_face_reward(f: FaceRewardConfig) -> None:
         a.faces.validate()
     except ConfigError as error:
         raise ConfigError(f"face_reward.arcface.{error}") from None
-    if a.pool_frames < 1:
-        raise ConfigError(f"face_reward.arcface.pool_frames must be >= 1, got {a.pool_frames}")
+    require_at_least("face_reward.arcface", a, 1, "pool_frames")
     if not -1.0 <= a.min_similarity <= 1.0:
         raise ConfigError(f"face_reward.arcface.min_similarity: a cosine in [-1, 1], got {a.min_similarity}")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.faces.pool_reward import Detections
 from identity_grpo.world.face_embedder import EmbedderTraining, degrade
 from identity_grpo.world.clips import sample_clip
@@ -40,8 +41,8 @@ class DetectorTraining:
     max_people: int = 3  # clips drawn during training have 1..max_people people
 
     def validate(self) -> None:
-        if self.steps < 1 or self.frames_per_step < 1 or self.max_people < 1:
-            raise ValueError("world_detector.DetectorTraining: steps, frames_per_step and max_people must be >= 1")
+        require_at_least("", self, 1, "steps", "frames_per_step", "max_people")
+        require_positive("", self, "lr", "heat_sigma")
 
 
 class HeadDetector(nn.Module):

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from identity_grpo.core.config_io import check_options, require_at_least, require_positive
 from identity_grpo.faces.crop import crop_faces
 from identity_grpo.faces.iresnet import IResNet, IResNetConfig
 from identity_grpo.world.clips import sample_clip
@@ -66,10 +67,9 @@ class EmbedderTraining:
     box_jitter: float = 0.08  # box centre shift and size change, as a fraction of the box side
 
     def validate(self) -> None:
-        self.iresnet.validate()
-        for name in ("steps", "clips_per_step", "references_per_step", "frame_height", "frame_width"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"world_embedder.EmbedderTraining.{name}: must be >= 1, got {getattr(self, name)}")
+        check_options("iresnet", self.iresnet)
+        require_at_least("", self, 1, "steps", "clips_per_step", "references_per_step", "frame_height", "frame_width")
+        require_positive("", self, "lr", "cos_scale")
 
 
 def attribute_labels(people: list[Identity]) -> torch.Tensor:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from identity_grpo.core.config_io import ConfigError, check_options, require_at_least
 from identity_grpo.core.cache_folders import is_complete, publish, scratch_folder, settings_hash
 from identity_grpo.faces.crop import crop_faces
 from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
@@ -48,12 +49,11 @@ class WorldFaceSettings:
     pool_frames: int = 9  # frames per pool clip
 
     def validate(self) -> None:
-        self.embedder.validate()
-        self.detector.validate()
-        if self.pool_clips < 1 or self.pool_frames < 1:
-            raise ValueError("world_faces.WorldFaceSettings: pool_clips and pool_frames must be >= 1")
+        check_options("embedder", self.embedder)
+        check_options("detector", self.detector)
+        require_at_least("", self, 1, "pool_clips", "pool_frames")
         if not 0 < self.detect_threshold < 1:
-            raise ValueError(f"world_faces.WorldFaceSettings.detect_threshold: in (0, 1), got {self.detect_threshold}")
+            raise ConfigError(f"detect_threshold must be in (0, 1), got {self.detect_threshold}")
 
 
 def cache_folder(settings: WorldFaceSettings) -> Path:

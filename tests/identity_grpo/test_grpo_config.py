@@ -1,12 +1,13 @@
 """The stage-2 config: the published recipe in the YAMLs, and validation errors that name the field."""
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from identity_grpo.grpo.config import GrpoConfig
 
-from identity_grpo.generators.config import is_hub_id
+from identity_grpo.core.hub import is_hub_id
 from identity_grpo.core.config_io import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,10 +98,10 @@ def test_group_batch_that_does_not_split_names_the_fields(inputs):
     ("data.train_manifest=''", r"data\.train_manifest: required"),
     ("generator.phantom_checkpoint=PATH/phantom.pth", r"generator\.phantom_checkpoint: only for generator\.kind = phantom"),
     ("sampling.noise.kind=ode", r"sampling\.noise\.kind: 'ode' has no log-probabilities"),
-    ("sampling.noise.eta=-1", r"sampling\.noise: .*must be >= 0"),
-    ("sampling.noise.noise_level=1.5", r"sampling\.noise: .*noise_level must be in \[0, 1\]"),
+    ("sampling.noise.eta=-1", r"sampling\.noise\.eta must be >= 0, got -1\.0"),
+    ("sampling.noise.noise_level=1.5", r"sampling\.noise\.noise_level must be in \[0, 1\]"),
     ("sampling.noise.kind=ddim", r"sampling\.noise\.kind' must be one of"),
-    ("generator.vace.height=0", r"generator\.vace: .*must be positive"),
+    ("generator.vace.height=0", r"generator\.vace\.height must be >= 1, got 0"),
     ("train.group_size=1", r"train\.group_size must be >= 2"),
     ("train.ema_decay=1.0", r"train\.ema_decay must be in \[0, 1\)"),
     ("train.timestep_fraction=0", r"train\.timestep_fraction"),
@@ -117,6 +118,56 @@ def test_bad_values_name_their_field(inputs, override, message):
 def test_cps_noise_is_accepted(inputs):
     noise = tiny(inputs, "sampling.noise.kind=cps", "sampling.noise.noise_level=0.8", "train.sde_window_size=3").sampling.noise
     assert (noise.kind, noise.noise_level) == ("cps", 0.8)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.num_steps=0", "train.num_steps must be >= 1, got 0"),
+    ("train.prompts_per_step=0", "train.prompts_per_step must be >= 1, got 0"),
+    ("train.sample_batch_size=0", "train.sample_batch_size must be >= 1, got 0"),
+    ("train.train_batch_size=-1", "train.train_batch_size must be >= 1, got -1"),
+    ("train.inner_epochs=0", "train.inner_epochs must be >= 1, got 0"),
+    ("train.updates_per_epoch=0", "train.updates_per_epoch must be >= 1, got 0"),
+    ("train.eval_every=-1", "train.eval_every must be >= 0, got -1"),
+    ("train.save_every=-5", "train.save_every must be >= 0, got -5"),
+    ("train.sde_window_size=-1", "train.sde_window_size must be in [0, sampling.train_steps = 25]"),
+    ("train.lr=0", "train.lr must be > 0, got 0.0"),
+    ("train.max_grad_norm=0", "train.max_grad_norm must be > 0, got 0.0"),
+    ("train.clip_range=0", "train.clip_range must be > 0, got 0.0"),
+    ("train.beta=-0.1", "train.beta must be >= 0, got -0.1"),
+    ("sampling.train_steps=0", "sampling.train_steps must be >= 1, got 0"),
+    ("sampling.eval_steps=0", "sampling.eval_steps must be >= 1, got 0"),
+    ("sampling.eval_batch_size=0", "sampling.eval_batch_size must be >= 1, got 0"),
+    ("sampling.eval_num_frames=-1", "sampling.eval_num_frames must be >= 0, got -1"),
+    ("sampling.grid_prompts=-1", "sampling.grid_prompts must be >= 0, got -1"),
+    ("generator.vace.num_frames=0", "generator.vace.num_frames must be >= 1, got 0"),
+    ("generator.vace.max_sequence_length=0", "generator.vace.max_sequence_length must be >= 1, got 0"),
+    ("generator.vace.shift=0", "generator.vace.shift must be > 0, got 0.0"),
+    ("lora.r=0", "lora.r must be >= 1, got 0"),
+    ("lora.alpha=0", "lora.alpha must be > 0, got 0.0"),
+    ("rewards.0.weight=0", "rewards[0].weight must be > 0, got 0.0"),
+    ("rewards.0.options.batch_size=0", "rewards[0].options.batch_size: an integer >= 1, got 0"),
+])
+def test_zero_and_negative_counts_fail_naming_the_override_and_field(inputs, override, message):
+    with pytest.raises(ConfigError) as caught:
+        tiny(inputs, override, validate=False)
+    assert str(caught.value) == f"override {override}: {message}"
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.lr=inf", "train.beta=-.inf", "rewards.0.weight=NaN"])
+def test_non_finite_numbers_never_start_a_run(inputs, override):
+    field = override.split("=")[0].replace(".0.", "[0].")
+    with pytest.raises(ConfigError, match=rf"^override {re.escape(override)}: field '{re.escape(field)}' must be a finite number"):
+        tiny(inputs, override, validate=False)
+
+
+def test_list_items_of_the_yaml_are_overridden_by_index(inputs):
+    cfg = load_config(GrpoConfig, ROOT / "configs/grpo/synthetic_vace.yaml",
+                      ["rewards.1.weight=2", "rewards.0.options.batch_size=4", f"rewards.0.path={inputs / 'reward'}"])
+    assert [(r.name, r.weight, r.options) for r in cfg.rewards] == [
+        ("reward_model", 1.0, {"batch_size": 4}), ("world_face_similarity", 2.0, {})]
+    with pytest.raises(ConfigError) as caught:
+        load_config(GrpoConfig, ROOT / "configs/grpo/synthetic_vace.yaml", ["rewards.2.weight=1"])
+    assert str(caught.value) == "override rewards.2.weight=1: index 2 out of range ('rewards' has 2 items)"
 
 
 def test_window_range_must_fit_the_steps(inputs):

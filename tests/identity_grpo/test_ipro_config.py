@@ -1,5 +1,6 @@
 """The IPRO config: the published recipe in the GPU YAMLs, and validation errors that name the field."""
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -43,19 +44,49 @@ def tiny(*overrides: str) -> IproConfig:
     (["train.micro_batch_size=0"], "train.micro_batch_size must be >= 1"),
     (["generator.kind=i2v", "generator.pretrained=toy"], "no toy i2v generator"),
     (["generator.kind=banana"], "'generator.kind' must be one of"),
-    (["generator.kind=i2v", "generator.i2v.boundary_ratio=1.5"], "generator.i2v: .*boundary_ratio"),
+    (["generator.kind=i2v", "generator.i2v.boundary_ratio=1.5"], r"generator\.i2v\.boundary_ratio must be in \[0, 1\), got 1\.5"),
     (["generator.phantom_checkpoint=x.pth"], "generator.phantom_checkpoint: only for"),
-    (["face_reward.world.pool_clips=0"], "face_reward.world: .*pool_clips"),
-    (["face_reward.world.detect_threshold=0"], "face_reward.world: .*detect_threshold"),
+    (["face_reward.world.pool_clips=0"], r"face_reward\.world\.pool_clips must be >= 1, got 0"),
+    (["face_reward.world.detect_threshold=0"], r"face_reward\.world\.detect_threshold must be in \(0, 1\), got 0\.0"),
+    (["face_reward.world.embedder.steps=0"], r"face_reward\.world\.embedder\.steps must be >= 1, got 0"),
+    (["face_reward.world.detector.frames_per_step=0"], r"face_reward\.world\.detector\.frames_per_step must be >= 1"),
     (["face_reward.kind=arcface", "face_reward.arcface.pool_frames=0"], "face_reward.arcface.pool_frames"),
     (["face_reward.kind=arcface", "face_reward.arcface.faces.det_thresh=2"], "face_reward.arcface.faces.det_thresh"),
-    (["sampling.eval_batch_size=0"], "eval_batch_size >= 1"),
+    (["sampling.eval_batch_size=0"], r"sampling\.eval_batch_size must be >= 1, got 0"),
+    (["data.world.enabled=true", "data.world.num_heldout=-1"],
+     r"^override data\.world\.num_heldout=-1: data\.world\.num_heldout must be >= 0, got -1$"),
     (["lora.r=0"], "lora.r must be >= 1"),
     (["hub.push=true"], "hub.repo_id is empty"),
 ])
 def test_bad_values_name_their_field(overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny(*overrides)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.num_steps=0", "train.num_steps must be >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size must be >= 1, got 0"),
+    ("train.last_steps=0", "train.last_steps must be >= 1, got 0"),
+    ("train.eval_every=-1", "train.eval_every must be >= 0, got -1"),
+    ("train.save_every=-1", "train.save_every must be >= 0, got -1"),
+    ("train.max_grad_norm=-1", "train.max_grad_norm must be >= 0, got -1.0"),
+    ("train.kl_weight=-1", "train.kl_weight must be >= 0, got -1.0"),
+    ("train.lr=0", "train.lr must be > 0, got 0.0"),
+    ("sampling.train_steps=0", "sampling.train_steps must be >= 1, got 0"),
+    ("sampling.eval_steps=0", "sampling.eval_steps must be >= 1, got 0"),
+    ("sampling.eval_height=-8", "sampling.eval_height must be >= 0, got -8"),
+    ("generator.vace.width=0", "generator.vace.width must be >= 1, got 0"),
+])
+def test_zero_and_negative_counts_fail_naming_the_override_and_field(override, message):
+    with pytest.raises(ConfigError) as caught:
+        tiny(override)
+    assert str(caught.value) == f"override {override}: {message}"
+
+
+@pytest.mark.parametrize("override", ["train.lr=nan", "train.reward_weight=inf", "train.betas=[0.9, .nan]"])
+def test_non_finite_numbers_never_start_a_run(override):
+    with pytest.raises(ConfigError, match=rf"^override {re.escape(override)}: field 'train\.\w+(\[1\])?' must be a finite number"):
+        tiny(override)
 
 
 @pytest.fixture
