@@ -13,7 +13,7 @@ from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, require_at_least, require_local, require_positive
 from identity_grpo.core.hub import is_hub_id
-from identity_grpo.core.sections import HubConfig, WandbConfig
+from identity_grpo.core.sections import RunSettings
 from reward_model.model import RewardModelConfig
 
 
@@ -82,19 +82,15 @@ class TrainConfig:
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(RunSettings):
     output_dir: str = "runs/reward"
     model: RewardModelConfig = field(default_factory=RewardModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    hub: HubConfig = field(default_factory=HubConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
-        if not self.output_dir:
-            raise ConfigError("output_dir: required (where checkpoints and metrics.json go)")
+        self.validate_run()
         self.model.validate()
         _validate_data(self.data)
         _validate_train(self.train)
@@ -107,8 +103,6 @@ class RewardConfig:
             require_positive("pretrain", p, "lr")
             if not p.cache_dir:
                 raise ConfigError("pretrain.cache_dir: required (the pretrained backbone is cached there)")
-        if self.hub.push and not self.hub.repo_id:
-            raise ConfigError("hub.push is set but hub.repo_id is empty")
 
     def validate_inputs(self) -> None:
         """The manifests and the backbone folder exist here (hub ids and "tiny" are not paths)."""

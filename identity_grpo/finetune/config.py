@@ -1,10 +1,11 @@
-"""Config sections GRPO and IPRO share: the LoRA, the prompts (manifests or the synthetic world).
-The generator section is generators/config.py, the rewards' rewards/spec.py."""
+"""Config sections GRPO and IPRO share: the LoRA, the prompts (manifests or the synthetic world), the
+evaluation's sampling fields. The generator section is generators/config.py, the rewards' rewards/spec.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
+from identity_grpo.finetune.sde import NoiseSchedule
 
 
 @dataclass
@@ -38,6 +39,21 @@ class DataConfig:
     world: WorldPrompts = field(default_factory=WorldPrompts)
 
 
+@dataclass
+class EvalSampling:
+    """The sampling section's fields GRPO and IPRO share: their evaluation is the same."""
+
+    train_steps: int = 25  # denoising steps of a training sample
+    eval_steps: int = 50  # steps of an evaluation sample
+    eval_noise: NoiseSchedule = field(default_factory=lambda: NoiseSchedule(kind="ode"))  # deterministic
+    # Evaluation resolution; 0 keeps the training value of the generator options.
+    eval_height: int = 0
+    eval_width: int = 0
+    eval_num_frames: int = 0
+    eval_batch_size: int = 1  # per process
+    grid_prompts: int = 4  # held-out prompts shown in the sample grids (output_dir/samples)
+
+
 def check_manifest_inputs(d: DataConfig, eval_every: int) -> None:
     """The prompt manifests exist (the synthetic world writes its own when training starts)."""
     if d.world.enabled:
@@ -51,8 +67,8 @@ def check_manifest_inputs(d: DataConfig, eval_every: int) -> None:
         raise ConfigError("train.eval_every is set but data.eval_manifest is empty")
 
 
-def validate_sampling(s) -> None:
-    """The sampling fields GRPO's SamplingConfig and IPRO's IproSampling share (evaluation is shared)."""
+def validate_sampling(s: "EvalSampling") -> None:
+    """The sampling fields GRPO and IPRO share (evaluation is shared)."""
     require_at_least("sampling", s, 1, "train_steps", "eval_steps", "eval_batch_size")
     # 0 keeps the generator's training size; grid_prompts 0 draws no sample grid
     require_at_least("sampling", s, 0, "eval_height", "eval_width", "eval_num_frames", "grid_prompts")

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_positive
-from identity_grpo.core.sections import HubConfig, WandbConfig
-from identity_grpo.finetune.config import (DataConfig, LoraSettings, check_manifest_inputs, validate_lora,
+from identity_grpo.core.sections import RunSettings
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs, validate_lora,
                                           validate_sampling, validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
@@ -24,22 +24,11 @@ from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_
 from identity_grpo.rewards.spec import RewardSpec
 
 
-def _ode() -> NoiseSchedule:
-    return NoiseSchedule(kind="ode")
-
-
 @dataclass
-class SamplingConfig:
+class SamplingConfig(EvalSampling):
     train_steps: int = 25  # SDE steps of a training rollout
     eval_steps: int = 50  # steps of an evaluation sample
     noise: NoiseSchedule = field(default_factory=NoiseSchedule)  # the training SDE
-    eval_noise: NoiseSchedule = field(default_factory=_ode)  # evaluation is deterministic (ODE)
-    # Evaluation resolution; 0 keeps the training value of the generator options.
-    eval_height: int = 0
-    eval_width: int = 0
-    eval_num_frames: int = 0
-    eval_batch_size: int = 1  # per process
-    grid_prompts: int = 4  # held-out prompts shown in the sample grids (output_dir/samples)
 
 
 @dataclass
@@ -81,7 +70,7 @@ class TrainSettings:
 
 
 @dataclass
-class GrpoConfig:
+class GrpoConfig(RunSettings):
     output_dir: str = "runs/grpo"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -89,13 +78,9 @@ class GrpoConfig:
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
-    hub: HubConfig = field(default_factory=HubConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
-        if not self.output_dir:
-            raise ConfigError("output_dir: required (where checkpoints, samples and metrics.json go)")
+        self.validate_run()
         self.generator.validate()
         _validate_sampling(self.sampling)
         validate_lora(self.lora)
@@ -105,8 +90,6 @@ class GrpoConfig:
         _validate_train(self.train, self.sampling)
         validate_world(self.data)
         self.validate_processes(1)
-        if self.hub.push and not self.hub.repo_id:
-            raise ConfigError("hub.push is set but hub.repo_id is empty")
 
     def validate_inputs(self, generator_given: bool = False, rewards_given: bool = False) -> None:
         """Required inputs are given and every local path exists (hub ids, "tiny" and "toy" are not paths).

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
-from identity_grpo.core.sections import HubConfig, WandbConfig
+from identity_grpo.core.sections import RunSettings
 from identity_grpo.faces.analyzer import FaceAnalyzerConfig
-from identity_grpo.finetune.config import (DataConfig, LoraSettings, check_manifest_inputs, validate_lora,
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs, validate_lora,
                                           validate_sampling, validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
@@ -29,17 +29,9 @@ from identity_grpo.world.face_models import WorldFaceSettings
 
 
 @dataclass
-class IproSampling:
-    """Field names as GRPO's SamplingConfig where they mean the same (evaluation is shared)."""
-
+class IproSampling(EvalSampling):
     train_steps: int = 40  # Euler ODE steps of a training sample; the last train.last_steps carry gradients
     eval_steps: int = 40
-    eval_noise: NoiseSchedule = field(default_factory=lambda: NoiseSchedule(kind="ode"))
-    eval_height: int = 0  # 0: the generator's training value
-    eval_width: int = 0
-    eval_num_frames: int = 0
-    eval_batch_size: int = 1  # per process
-    grid_prompts: int = 4  # held-out prompts shown in the sample grids (output_dir/samples)
 
 
 @dataclass
@@ -88,7 +80,7 @@ class IproTrainSettings:
 
 
 @dataclass
-class IproConfig:
+class IproConfig(RunSettings):
     output_dir: str = "runs/ipro"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     sampling: IproSampling = field(default_factory=IproSampling)
@@ -97,13 +89,9 @@ class IproConfig:
     eval_rewards: list[RewardSpec] = field(default_factory=list)  # what evaluation scores as eval/reward
     data: DataConfig = field(default_factory=DataConfig)
     train: IproTrainSettings = field(default_factory=IproTrainSettings)
-    hub: HubConfig = field(default_factory=HubConfig)
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    resume: bool = True  # continue from output_dir/state if a previous run left one
 
     def validate(self) -> None:
-        if not self.output_dir:
-            raise ConfigError("output_dir: required (where checkpoints, samples and metrics.json go)")
+        self.validate_run()
         self.generator.validate()
         validate_sampling(self.sampling)
         validate_lora(self.lora)
@@ -112,8 +100,6 @@ class IproConfig:
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
         self.validate_processes(1)
-        if self.hub.push and not self.hub.repo_id:
-            raise ConfigError("hub.push is set but hub.repo_id is empty")
 
     def validate_inputs(self, generator_given: bool = False, face_reward_given: bool = False,
                         eval_rewards_given: bool = False) -> None:

@@ -43,7 +43,7 @@ SYNTHETIC = ROOT / "configs/reward/synthetic.yaml"
     ("model.tiny.kv_heads=3", "model.tiny.kv_heads (3) must divide heads (4)"),
     ("model.prompt.instruction='{promt}'",
      "model.prompt.instruction: only {prompt} and {reward_token} may be filled in (KeyError: 'promt')"),
-    ("output_dir=''", "output_dir: required (where checkpoints and metrics.json go)"),
+    ("output_dir=''", "output_dir: required (where checkpoints, samples and metrics.json go)"),
 ])
 def test_counts_and_rates_fail_naming_the_override_and_field(override, message):
     with pytest.raises(ConfigError) as caught:
