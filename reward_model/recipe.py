@@ -179,8 +179,10 @@ class RewardRecipe(Recipe):
         a, t = self.accelerator, self.cfg.train
         order = PairOrder(len(self.dataset), t.batch_size, a.num_processes, a.process_index, t.seed,
                           start=self.state.micro_step)
+        # Its own generator: an iterator draws a worker seed, which must not come from the global
+        # stream the model's dropout uses (a resumed run would then differ from an uninterrupted one).
         loader = DataLoader(self.dataset, batch_sampler=order, collate_fn=self.collator,
-                            num_workers=self.cfg.data.num_workers)
+                            num_workers=self.cfg.data.num_workers, generator=torch.Generator().manual_seed(t.seed))
         self.batches = iter(loader)
         self.model.train()
 
