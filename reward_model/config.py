@@ -67,6 +67,7 @@ class TrainConfig:
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     save_every: int = 0  # optimizer steps; 0 = only at the end
     log_every: int = 10
+    max_consecutive_skips: int = 5  # steps in a row skipped for a non-finite loss or gradient stop the run
     seed: int = 0
 
 
@@ -88,6 +89,8 @@ class RewardConfig:
             raise ConfigError("train.batch_size and train.grad_accum_steps must be >= 1")
         if t.lr <= 0:
             raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+        if t.max_consecutive_skips < 1:
+            raise ConfigError(f"train.max_consecutive_skips must be >= 1, got {t.max_consecutive_skips}")
         if t.loss == "btt" and t.ties_k <= 1:
             raise ConfigError(f"train.ties_k must be > 1 for the ties loss, got {t.ties_k}")
         if t.max_steps <= 0 and t.epochs <= 0:

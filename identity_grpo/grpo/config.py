@@ -70,6 +70,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     eval_every: int = 0  # iterations; 0: evaluate only before and after training
     save_every: int = 0  # iterations; 0: save only at the end
+    max_consecutive_skips: int = 5  # iterations in a row skipped for non-finite values stop the run
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -142,7 +143,7 @@ def _validate_sampling(s: SamplingConfig) -> None:
 
 def _validate_train(t: TrainSettings, s: SamplingConfig) -> None:
     positive = ("num_steps", "group_size", "prompts_per_step", "sample_batch_size", "train_batch_size",
-                "inner_epochs", "updates_per_epoch")
+                "inner_epochs", "updates_per_epoch", "max_consecutive_skips")
     for name in positive:
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")

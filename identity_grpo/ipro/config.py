@@ -78,6 +78,7 @@ class IproTrainSettings:
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     eval_every: int = 0  # steps; 0: evaluate only before and after training
     save_every: int = 0  # steps; 0: save only at the end
+    max_consecutive_skips: int = 5  # steps in a row skipped for non-finite values stop the run
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -145,7 +146,7 @@ class IproConfig:
 
 
 def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
-    for name in ("num_steps", "batch_size", "micro_batch_size", "last_steps"):
+    for name in ("num_steps", "batch_size", "micro_batch_size", "last_steps", "max_consecutive_skips"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
     if t.last_steps > s.train_steps:
