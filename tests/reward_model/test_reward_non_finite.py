@@ -23,7 +23,8 @@ def blown_up(tmp_path, pairs, capsys, *overrides) -> tuple[int, str, dict]:
 
 
 def test_consecutive_nan_losses_stop_the_run(tmp_path, pairs, capsys):
-    code, line, metrics = blown_up(tmp_path, pairs, capsys, "train.max_steps=6", "train.max_consecutive_skips=2")
+    code, line, metrics = blown_up(tmp_path, pairs, capsys, "train.max_steps=6", "train.max_consecutive_skips=2",
+                                   "train.eval_every=1")
     assert code == 1
     assert line == ("run stopped at step 3: 2 consecutive steps skipped for non-finite values "
                     "(train.max_consecutive_skips), the last for its loss: nan")
@@ -31,7 +32,9 @@ def test_consecutive_nan_losses_stop_the_run(tmp_path, pairs, capsys):
     assert not (tmp_path / "run" / "final").exists()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 1 and log[0]["train/loss"] > 0  # the step that blew the weights up was finite
-    assert log[1:] == [{"step": 2, "skip/loss": 1}, {"step": 3, "skip/loss": 2}]
+    # Validation counts the NaN scores of the blown-up model instead of computing an accuracy from them.
+    assert log[1:] == [{"step": 1, "val/non_finite_pairs": 4}, {"step": 2, "skip/loss": 1},
+                       {"step": 2, "val/non_finite_pairs": 4}, {"step": 3, "skip/loss": 2}]
 
 
 def test_a_model_scoring_nan_fails_the_final_evaluation(tmp_path, pairs, capsys):
