@@ -252,7 +252,7 @@ class Recipe:
                if not is_finite(getattr(value, "ds_tensor", value))]
         if any_process(self.accelerator, bool(bad)):
             where = f"{len(bad)} trained tensors, e.g. {bad[0]}" if bad else "trained tensors on another process"
-            raise RunFailed(f"run stopped after step {self.state.step}: non-finite values in {where}; nothing exported")
+            raise RunFailed(f"run failed after step {self.state.step}: non-finite values in {where}; nothing exported")
 
     def record_failure(self, reason: str) -> None:
         """metrics.json of a run that did not finish: its status, why, and the skip counts; no final/."""

@@ -93,6 +93,7 @@ def test_a_nan_loss_never_reaches_the_optimizer(sampled):
     start = [p.detach().clone() for p in params]
     policy = Policy(gen, gen.transformer, params, torch.optim.SGD(params, lr=1.0), ema=None)
     with pytest.raises(NonFiniteStep) as skipped:
-        optimizer_step(Accelerator(cpu=True), policy, [broken], schedule, TrainSettings(), torch.Generator().manual_seed(0))
+        optimizer_step(Accelerator(cpu=True), policy, [broken], schedule, TrainSettings(),
+                       torch.Generator().manual_seed(0))
     assert skipped.value.quantity == "loss"
     assert all(torch.equal(p, s) for p, s in zip(params, start)) and all(p.grad is None for p in params)

@@ -28,7 +28,8 @@ def test_consecutive_nan_losses_stop_the_run(tmp_path, pairs, capsys):
     assert code == 1
     assert line == ("run stopped at step 3: 2 consecutive steps skipped for non-finite values "
                     "(train.max_consecutive_skips), the last for its loss: nan")
-    assert metrics == {"status": "failed", "reason": line, "steps": 3, "skipped_steps": {"loss": 2}, "skipped_samples": {}}
+    assert metrics == {"status": "failed", "reason": line, "steps": 3, "skipped_steps": {"loss": 2},
+                       "skipped_samples": {}}
     assert not (tmp_path / "run" / "final").exists()
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[0]["step"] == 1 and log[0]["train/loss"] > 0  # the step that blew the weights up was finite
