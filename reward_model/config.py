@@ -78,6 +78,7 @@ class TrainConfig:
     save_every: int = 0  # optimizer steps; 0 = only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
     log_every: int = 10
+    max_consecutive_skips: int = 5  # steps in a row skipped for a non-finite loss or gradient stop the run
     seed: int = 0
 
 
@@ -128,7 +129,8 @@ def _validate_data(d: DataConfig) -> None:
 
 
 def _validate_train(t: TrainConfig) -> None:
-    require_at_least("train", t, 1, "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints")
+    require_at_least("train", t, 1, "batch_size", "grad_accum_steps", "log_every", "keep_checkpoints",
+                     "max_consecutive_skips")
     require_at_least("train", t, 0, "warmup_steps", "eval_every", "save_every", "weight_decay", "epochs")
     require_positive("train", t, "lr", "max_grad_norm")
     if t.max_steps <= 0 and t.epochs <= 0:

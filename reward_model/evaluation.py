@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from reward_model.baseline import HistogramBaselineScorer
 from reward_model.pair_metrics import PairReport, PairScores, calibrate_tie_threshold, comparison_table, pair_report, print_table
+from identity_grpo.core.config_io import RunFailed
 from identity_grpo.core.video import read_image, read_video
 
 ScoreFn = Callable[[Sequence[np.ndarray], Sequence[Sequence[np.ndarray]], Sequence[str]], np.ndarray]
@@ -40,12 +41,23 @@ def score_rows(score: ScoreFn, rows: list[dict], num_frames: int, batch_size: in
 
 
 def evaluate_scorer(score: ScoreFn, splits: dict[str, list[dict]], num_frames: int, name: str) -> PairReport:
+    """The scorer's report on the test pairs (tie threshold from the validation pairs). Raises
+    RunFailed if it scores a clip non-finite: every clip read from a file is finite, so such a
+    scorer is broken, and an accuracy computed from NaN comparisons would look like a real one."""
     threshold = 0.0
     if splits.get("val"):
         val = score_rows(score, splits["val"], num_frames, desc=f"{name}: validation")
+        require_finite(val, name, "validation")
         threshold = calibrate_tie_threshold(val.margin, [r["label"] for r in splits["val"]])
     test = score_rows(score, splits["test"], num_frames, desc=f"{name}: test")
+    require_finite(test, name, "test")
     return pair_report(test, threshold)
+
+
+def require_finite(scores: PairScores, name: str, split: str) -> None:
+    finite = np.isfinite(scores.score_a) & np.isfinite(scores.score_b)
+    if not finite.all():
+        raise RunFailed(f"the {name} gives non-finite scores in {int((~finite).sum())} of {finite.size} {split} pairs")
 
 
 def final_evaluation(cfg, model, splits: dict[str, list[dict]], final_dir: Path, device) -> dict:

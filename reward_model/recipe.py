@@ -5,6 +5,7 @@ reward model out.
     backbone pretrained on the world, cached), AdamW, warmup + cosine schedule; the pairs come in
     an order that is a pure function of the seed and the position (pair_order.py)
     step: grad_accum micro-batches (score both clips, BTT loss, backward) -> one optimizer step
+          (skipped, as is its schedule step, when a loss or the gradient is non-finite)
     finish: the model in final/, the held-out evaluation against the non-learned baseline -> metrics.json
 
     metrics = train_reward_model(cfg)
@@ -15,12 +16,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
 from torch.utils.data import DataLoader
 
 from identity_grpo.core.checkpointing import check_weights_only
+from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
 from identity_grpo.world.identities import vocabulary as synthetic_vocabulary
 from reward_model.config import RewardConfig
@@ -187,8 +190,11 @@ class RewardRecipe(Recipe):
         self.model.train()
 
     def train_step(self, step: int) -> dict[str, float]:
-        """grad_accum micro-batches, one optimizer step; logs every train.log_every steps and at the last."""
+        """grad_accum micro-batches, one optimizer step; logs every train.log_every steps and at the last.
+        A non-finite loss or gradient (on any process) skips the whole step: no optimizer or
+        schedule step, the gradients dropped."""
         accelerator, t = self.accelerator, self.cfg.train
+        losses, micro_stats = [], []
         while True:
             batch = next(self.batches)
             self.state.micro_step += 1
@@ -196,16 +202,24 @@ class RewardRecipe(Recipe):
             with accelerator.accumulate(self.model):
                 rewards = self.model(batch.inputs)
                 loss, stats = pair_loss(self.cfg, rewards, batch.labels)
+                # Backward even a non-finite loss: its gradients are dropped below, and every process
+                # runs the same collectives (DeepSpeed steps inside backward, skipping non-finite gradients itself).
                 accelerator.backward(loss)
-                grad_norm = None
+                losses.append(loss.detach())
+                micro_stats.append(stats)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                    checked = {"loss": torch.stack(losses), "gradient": grad_norm}
+                    bad = first_non_finite(accelerator, checked)
+                    if bad is None:
+                        self.optimizer.step()
+                        self.scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    break
+        if bad is not None:
+            raise NonFiniteStep(bad, describe(checked[bad]))
+        for loss, stats in zip(losses, micro_stats):
             accumulate(self.running, loss.item(), stats)
-            if accelerator.sync_gradients:
-                break
         done = step + 1
         if done % t.log_every and done != self.steps:
             return {}
@@ -214,11 +228,15 @@ class RewardRecipe(Recipe):
         self.running = {}
         return logged
 
+    def trainable_parameters(self) -> dict[str, torch.Tensor]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
     def progress_fields(self, logged: dict[str, float]) -> dict[str, str]:
         return {"loss": f"{logged['train/loss']:.3f}", "acc": f"{logged.get('train/accuracy', float('nan')):.2f}"}
 
     def evaluate(self, step: int) -> None:
-        """Validation accuracy (tie threshold calibrated on the same pairs), logged."""
+        """Validation accuracy (tie threshold calibrated on the same pairs), logged; with non-finite
+        scores, their count instead."""
         rows = self.splits.get("val")
         if not rows:
             return
@@ -227,9 +245,13 @@ class RewardRecipe(Recipe):
         unwrapped = self.accelerator.unwrap_model(self.model)
         scores = score_rows(RewardScorer(unwrapped, device=self.accelerator.device).score, rows,
                             unwrapped.config.num_frames, desc="validation")
+        self.model.train()
+        non_finite = int((~np.isfinite(scores.margin)).sum())
+        if non_finite:  # NaN margins compare as wrong or tied: an accuracy from them would mean nothing
+            self.logger.log({"val/non_finite_pairs": non_finite}, step=step)
+            return
         report = pair_report(scores, calibrate_tie_threshold(scores.margin, [r["label"] for r in rows]))
         self.logger.log({"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy}, step=step)
-        self.model.train()
 
     def export(self, final_dir: Path) -> None:
         state_dict = self.accelerator.get_state_dict(self.model)  # collective: gathers ZeRO-3 shards on every rank

@@ -1,7 +1,7 @@
 """The one interface stage 2 uses: clips + their reference images + prompts -> identity rewards.
 
     scorer = RewardScorer.from_pretrained("runs/reward/final", device="cuda", dtype=torch.bfloat16)
-    rewards = scorer.score(videos, references, prompts)  # [B] float32, on the CPU
+    rewards = scorer.score(videos, references, prompts)  # [B] float32, on the CPU; NaN for a clip with a NaN/inf pixel
 
 Preprocessing (frames sampled, pixel budgets, prompt) comes from the model's saved config, so the
 scores repeat what training saw. Loads folders written by `RewardModel.save_pretrained` and the
@@ -50,18 +50,23 @@ class RewardScorer:
     def score(self, videos: Sequence[Frames] | torch.Tensor, references: Sequence[Sequence[np.ndarray]],
               prompts: Sequence[str], video_fps: float | None = None) -> torch.Tensor:
         """videos: B clips [T, H, W, 3] (or one [B, T, H, W, 3] tensor); references: per clip, its [h, w, 3]
-        images; video_fps: the clips' frame rate if known (sets the time spacing as in training) -> [B] float32."""
+        images; video_fps: the clips' frame rate if known (sets the time spacing as in training) -> [B] float32.
+
+        A clip with any non-finite pixel scores NaN, unscored: converting it to pixels would give an
+        ordinary-looking (black) clip a finite score, and the caller must know to skip it."""
         if len(videos) != len(references) or len(videos) != len(prompts):
             raise ValueError(f"got {len(videos)} videos, {len(references)} reference lists, {len(prompts)} prompts")
+        rewards = torch.full((len(videos),), float("nan"))
+        kept = [i for i, video in enumerate(videos) if torch.isfinite(torch.as_tensor(video)).all()]
         was_training = self.model.training
         self.model.eval()
-        rewards = []
         try:
             with torch.no_grad():
-                for start in range(0, len(videos), self.batch_size):
-                    chunk = slice(start, start + self.batch_size)
-                    batch = self.model.processor(list(videos[chunk]), list(references[chunk]), list(prompts[chunk]), video_fps)
-                    rewards.append(self.model(batch.to(self.device)).cpu())
+                for start in range(0, len(kept), self.batch_size):
+                    chunk = kept[start : start + self.batch_size]
+                    batch = self.model.processor([videos[i] for i in chunk], [references[i] for i in chunk],
+                                                 [prompts[i] for i in chunk], video_fps)
+                    rewards[chunk] = self.model(batch.to(self.device)).cpu()
         finally:
             self.model.train(was_training)
-        return torch.cat(rewards) if rewards else torch.zeros(0)
+        return rewards

@@ -45,6 +45,11 @@ class _Sources:
         return self.file
 
 
+class RunFailed(RuntimeError):
+    """A run that started but cannot finish honestly (e.g. its values went non-finite); the message
+    names the step and what failed. Nothing is exported or published from such a run."""
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build `cls` from a YAML file and `key.sub=value` overrides, then run its `validate()`."""
     raw: dict[str, Any] = {}
@@ -90,13 +95,17 @@ def run_entry(cls: type[T], argv: list[str], load_train: Callable[[], Callable[[
     then run the trainer `load_train()` returns (imported only now: torch and diffusers take
     seconds), which checks the config's inputs itself. A ConfigError, from the config or from the
     trainer (a missing file, a bad manifest row, a batch that does not split over the launched
-    processes), is one line on stderr and exit status 2, not a traceback."""
+    processes), is one line on stderr and exit status 2, not a traceback; a RunFailed (a run stopped
+    by the non-finite guard) is one line and exit status 1."""
     try:
         config = parse_cli(cls, argv)  # before load_train(): a bad config never waits for the imports
         load_train()(config)
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
+    except RunFailed as error:
+        print(error, file=sys.stderr)
+        return 1
     return 0
 
 

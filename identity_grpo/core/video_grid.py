@@ -172,13 +172,14 @@ def write_grid(frames: np.ndarray, stem: Path, fps: float) -> list[Path]:
 
 
 def to_uint8(videos: torch.Tensor | np.ndarray) -> np.ndarray:
-    """Clips [B, T, H, W, 3] float in [0, 1] (or uint8) -> uint8 numpy."""
+    """Clips [B, T, H, W, 3] float in [0, 1] (or uint8) -> uint8 numpy; NaN pixels black (a broken
+    run's samples are shown as they are, without the cast's platform-dependent value and warning)."""
     if isinstance(videos, torch.Tensor):
         videos = videos.detach().float().cpu().numpy()
     videos = np.asarray(videos)
     if videos.dtype == np.uint8:
         return videos
-    return (np.clip(videos, 0.0, 1.0) * 255).round().astype(np.uint8)
+    return (np.clip(np.nan_to_num(videos, nan=0.0), 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
 def sample_grid(columns: Mapping[str, torch.Tensor | np.ndarray], references: Sequence[Sequence[np.ndarray]]) -> np.ndarray:

@@ -5,10 +5,15 @@ Every held-out prompt is sampled with the evaluation sampler (sampling.eval_nois
 from noise fixed by its index (Stream.EVAL_NOISE), with the policy's evaluation weights (GRPO: the
 EMA), scored by the configured rewards and the evaluation hook; the mean of every metric is logged
 as eval/<name>. The main process saves a grid of the first prompts' clips under output_dir/samples.
+
+Non-finite values are counted, never averaged: a prompt whose clip has a NaN/inf pixel keeps no
+metric (eval/non_finite/clip), one whose weighted reward is non-finite keeps its other metrics
+(eval/non_finite/reward); every mean is over the finite values.
 """
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -17,6 +22,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from identity_grpo.core.finite import finite_samples
 from identity_grpo.core.prompt_manifest import PromptRecord
 from identity_grpo.core.seeds import Stream, stream_rng
 from identity_grpo.core.tracking import RunLogger
@@ -68,12 +74,13 @@ class Evaluator:
 
     @torch.no_grad()
     def __call__(self, step: int) -> dict:
-        """Returns {"mean": {eval/<metric>: mean over all prompts} (eval/reward: the weighted total,
-        eval/reward/<name>, eval/<hook metric>), "per_prompt": {prompt index (str): {metric: value}}}."""
+        """Returns {"mean": {eval/<metric>: mean over the prompts with a finite value} (eval/reward: the
+        weighted total, eval/reward/<name>, eval/<hook metric>), "per_prompt": {prompt index (str):
+        {metric: finite value}}, "non_finite": {"clip": prompts, "reward": prompts}}."""
         accelerator = self.accelerator
         indices = range(accelerator.process_index, len(self.records), accelerator.num_processes)
         counts = [len(r.references) for r in self.records]
-        results: list[tuple[int, dict[str, float]]] = []
+        results: list[tuple[int, dict[str, float], str | None]] = []
         shown: list[tuple[int, torch.Tensor]] = []  # (prompt index, clip [T, H, W, 3]) for the grid
         with self.weights():
             for batch in sampling_batches([SampleSlot(i, i) for i in indices], counts, self.sampling.eval_batch_size):
@@ -81,16 +88,24 @@ class Evaluator:
                 batch_results, videos = self.evaluate_batch(batch_indices, step)
                 results += batch_results
                 shown += list(zip(batch_indices, videos))[: self.sampling.grid_prompts - len(shown)]
-        every = dict(gather_object(results))  # keyed by prompt index: one entry per held-out prompt
+        gathered = gather_object(results)
+        every = {i: values for i, values, _ in gathered}  # keyed by prompt index: one entry per held-out prompt
+        non_finite = {kind: sum(why == kind for *_, why in gathered) for kind in ("clip", "reward")}
         names = sorted({name for values in every.values() for name in values})
-        averaged = {f"eval/{name}": sum(v[name] for v in every.values()) / len(every) for name in names}
-        self.logger.log(averaged, step=step)
+        averaged = {}
+        for name in names:
+            values = [v[name] for v in every.values() if name in v]
+            averaged[f"eval/{name}"] = sum(values) / len(values)
+        self.logger.log({**averaged, **{f"eval/non_finite/{k}": n for k, n in non_finite.items()}}, step=step)
         if accelerator.is_main_process and shown:
             self.save_samples(step, shown)
-        return {"mean": averaged, "per_prompt": {str(i): values for i, values in sorted(every.items())}}
+        return {"mean": averaged, "per_prompt": {str(i): values for i, values in sorted(every.items())},
+                "non_finite": non_finite}
 
-    def evaluate_batch(self, indices: list[int], step: int) -> tuple[list[tuple[int, dict[str, float]]], torch.Tensor]:
-        """Per prompt of the batch, its metrics; and the clips [B, T, H, W, 3] on the CPU."""
+    def evaluate_batch(self, indices: list[int], step: int) -> tuple[list[tuple[int, dict[str, float], str | None]],
+                                                                     torch.Tensor]:
+        """Per prompt of the batch, its finite metrics and what was non-finite ("clip", "reward" or
+        None); and the clips [B, T, H, W, 3] on the CPU."""
         gen, s = self.generator, self.sampling
         records = [self.records[i] for i in indices]
         references = [r.load_references() for r in records]
@@ -109,7 +124,14 @@ class Evaluator:
                 if value.shape != (len(indices),):
                     raise ValueError(f"evaluate_fn: metric {name!r} has {value.numel()} values for {len(indices)} samples")
                 metrics[name] = value
-        per_prompt = [(i, {name: float(value[j]) for name, value in metrics.items()}) for j, i in enumerate(indices)]
+        finite_clips = finite_samples(videos).tolist()
+        per_prompt = []
+        for j, i in enumerate(indices):
+            if not finite_clips[j]:  # anything measured on a NaN clip is meaningless, finite or not
+                per_prompt.append((i, {}, "clip"))
+                continue
+            values = {name: float(value[j]) for name, value in metrics.items() if math.isfinite(float(value[j]))}
+            per_prompt.append((i, values, None if "reward" in values else "reward"))
         return per_prompt, videos.cpu()
 
     def save_samples(self, step: int, shown: list[tuple[int, torch.Tensor]]) -> None:

@@ -5,7 +5,8 @@ held-out evaluation before, during and after training, checkpoints and the expor
              reward (build_reward), the LoRA (+ gradient checkpointing), the method's optimizer,
              the evaluator (with the method's evaluation rewards and hook)
     before_training(): the evaluation before any update, kept in the state (a resumed run still reports it)
-    finish: the evaluation after, metrics.json's summary (run_metrics.py), the LoRA in final/
+    finish: the evaluation after, metrics.json's summary (run_metrics.py), the LoRA in final/; a
+            non-finite clip from the trained weights in that evaluation fails the run (RunFailed)
 
 A method subclasses `FinetuneRecipe` and supplies build_reward, make_optimizer, evaluation_rewards,
 train_step (and optionally the evaluation hook and the EMA).
@@ -20,7 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from identity_grpo.core.config_io import save_config
+from identity_grpo.core.config_io import RunFailed, save_config
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
 from identity_grpo.finetune.batches import GroupSampler
@@ -150,8 +151,21 @@ class FinetuneRecipe(Recipe):
                 export_lora(self.policy.transformer, self.output_dir / "lora", self.generator.trainable_module_name())
 
     # --- finish -----------------------------------------------------------------------------
+    def trainable_parameters(self) -> dict[str, torch.Tensor]:
+        """The LoRA and, with an EMA, its averages (what final/ is exported from)."""
+        names = [n for n, _ in self.policy.transformer.named_parameters() if "lora_" in n]  # lora_parameters' order
+        tensors = dict(zip(names, self.policy.params))
+        if self.policy.ema is not None:
+            tensors.update({f"ema.{n}": shadow for n, shadow in zip(names, self.policy.ema.shadow)})
+        return tensors
+
     def final_metrics(self, train_seconds: float) -> dict:
+        """The evaluation after training and the summary. Finite weights can still generate NaN clips
+        (a blown-up LoRA holds values of 1e9): such a run failed, whatever its rewards say."""
         after = self.evaluator(step=self.state.step) if self.eval_records else None
+        if after and after["non_finite"]["clip"]:
+            raise RunFailed(f"the trained weights generate non-finite clips for {after['non_finite']['clip']} of "
+                            f"{len(self.eval_records)} held-out prompts")
         return summarize(self.state.step, self.state.eval_before, after, self.state.last_kl, train_seconds)
 
     def export(self, final_dir: Path) -> None:

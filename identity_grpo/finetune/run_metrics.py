@@ -1,12 +1,14 @@
 """What a training run reports at the end (pure functions over evaluation results).
 
-An evaluation result is {"mean": {"eval/<metric>": value}, "per_prompt": {index: {metric: value}}}
-(trainer.evaluate). The summary keeps both evaluations and puts the headline figures at the top:
+An evaluation result is {"mean": {"eval/<metric>": value}, "per_prompt": {index: {metric: value}},
+"non_finite": {"clip": n, "reward": n}} (finetune/evaluation.py; a prompt lacks the metrics that
+were non-finite). The summary keeps both evaluations and puts the headline figures at the top:
 
     reward_before / reward_after      mean weighted reward on held-out prompts
     identity_before / identity_after  mean independent identity measure (the evaluation hook's
                                       "identity"; None without a hook)
-    win_rate                          share of held-out prompts whose reward went up (ties half)
+    win_rate                          share of held-out prompts whose reward went up (ties half),
+                                      over the prompts with a finite reward before and after
     kl                                the KL to the reference at the last training iteration
 """
 from __future__ import annotations
@@ -14,15 +16,20 @@ from __future__ import annotations
 from typing import Mapping
 
 
-def win_rate(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]], metric: str) -> float:
+def win_rate(before: Mapping[str, Mapping[str, float]], after: Mapping[str, Mapping[str, float]],
+             metric: str) -> float | None:
     """Share of prompts where `after` beats `before` on `metric` (equal counts half); both are
-    {prompt index: {metric: value}} over the same prompts."""
+    {prompt index: {metric: value}} over the same prompts. Prompts without the metric on either
+    side (it was non-finite) are left out; None if none is left."""
     if set(before) != set(after) or not before:
         raise ValueError(f"win_rate: before and after must cover the same non-empty prompts "
                          f"({len(before)} vs {len(after)})")
+    both = [k for k in before if metric in before[k] and metric in after[k]]
+    if not both:
+        return None
     wins = sum(1.0 if after[k][metric] > before[k][metric] else 0.5 if after[k][metric] == before[k][metric] else 0.0
-               for k in before)
-    return wins / len(before)
+               for k in both)
+    return wins / len(both)
 
 
 def summarize(steps: int, before: dict | None, after: dict | None, last_kl: float | None,
@@ -42,14 +49,16 @@ def summarize(steps: int, before: dict | None, after: dict | None, last_kl: floa
         "train_seconds": train_seconds,
     }
     if before and after:
-        metrics = sorted(set.intersection(*(set(v) for v in (*before["per_prompt"].values(), *after["per_prompt"].values()))))
+        metrics = sorted({name for v in (*before["per_prompt"].values(), *after["per_prompt"].values()) for name in v})
         rates = {name: win_rate(before["per_prompt"], after["per_prompt"], name) for name in metrics}
         summary["win_rate"] = rates.get("reward")
-        summary["win_rates"] = rates
+        summary["win_rates"] = {name: rate for name, rate in rates.items() if rate is not None}
     summary["eval_before"] = before["mean"] if before else {}
     summary["eval_after"] = after["mean"] if after else {}
     summary["per_prompt_before"] = before["per_prompt"] if before else {}
     summary["per_prompt_after"] = after["per_prompt"] if after else {}
+    summary["non_finite_before"] = before.get("non_finite", {}) if before else {}
+    summary["non_finite_after"] = after.get("non_finite", {}) if after else {}
     return summary
 
 
@@ -70,6 +79,10 @@ def summary_table(metrics: dict) -> str:
         cells = [f"{v:.4f}" if v is not None else "-" for v in (b, a)]
         lines.append(f"| {name.removeprefix('eval/')} | {cells[0]} | {cells[1]} | "
                      f"{f'{change:+.1%}' if change is not None else '-'} |")
+    for kind in ("clip", "reward"):
+        b, a = (metrics.get(f"non_finite_{phase}", {}).get(kind, 0) for phase in ("before", "after"))
+        if a or b:
+            lines.append(f"| prompts with a non-finite {kind} (left out) | {b} | {a} | |")
     rates = metrics.get("win_rates") or {}
     for name in ("reward", "identity"):
         if name in rates:

@@ -7,6 +7,9 @@ references) did.
 batch ("batch"), or 1 ("none": A = r - mean_group). Stds are population stds (ddof = 0), as
 Flow-GRPO's PerPromptStatTracker computes them with np.std, so a group of two rewards r, r'
 gets advantages of about +-1 rather than +-0.71. Statistics are computed in float64.
+
+A non-finite reward (a sample the trainer dropped) takes no part: its group's statistics come from
+the other members, and its advantage is NaN, which the update skips.
 """
 from __future__ import annotations
 
@@ -36,35 +39,36 @@ def group_advantages(
         )
     if scaling not in ("group", "batch", "none"):
         raise ValueError(f"advantages.group_advantages: scaling must be group, batch or none, got {scaling!r}")
-    if not torch.isfinite(rewards).all():
-        raise ValueError("advantages.group_advantages: rewards contain NaN or inf")
-
     r = rewards.detach().to(torch.float64)
+    finite = torch.isfinite(r)
+    if not finite.any():
+        raise ValueError("advantages.group_advantages: no finite reward")
     _, member_of = torch.unique(group_ids.to(r.device), return_inverse=True)
     num_groups = int(member_of.max()) + 1
-    counts = torch.zeros(num_groups, dtype=torch.float64, device=r.device).index_add_(0, member_of, torch.ones_like(r))
-    group_mean = torch.zeros_like(counts).index_add_(0, member_of, r) / counts
-    centred = r - group_mean[member_of]
-    group_var = torch.zeros_like(counts).index_add_(0, member_of, centred**2) / counts
-    group_std = group_var.sqrt()
+    zeros = torch.zeros(num_groups, dtype=torch.float64, device=r.device)
+    counts = zeros.index_add(0, member_of, finite.double())
+    present = counts > 0  # groups with at least one finite reward
+    group_mean = zeros.index_add(0, member_of, torch.where(finite, r, 0.0)) / counts.clamp(min=1)
+    centred = torch.where(finite, r - group_mean[member_of], 0.0)
+    group_std = (zeros.index_add(0, member_of, centred**2) / counts.clamp(min=1)).sqrt()
 
     if scaling == "group":
         advantages = centred / (group_std[member_of] + eps)
     elif scaling == "batch":
-        advantages = centred / (r.std(unbiased=False) + eps)
+        advantages = centred / (r[finite].std(unbiased=False) + eps)
     else:
         advantages = centred
-    clipped = advantages.abs() > clip
-    advantages = advantages.clamp(-clip, clip)
+    clipped = advantages[finite].abs() > clip
+    advantages = torch.where(finite, advantages.clamp(-clip, clip), float("nan"))
 
     stats = {
-        "reward_mean": float(r.mean()),
-        "reward_std": float(r.std(unbiased=False)),
-        "group_std_mean": float(group_std.mean()),
-        "zero_std_fraction": float((group_std < ZERO_STD_TOLERANCE).double().mean()),
-        "advantage_abs_mean": float(advantages.abs().mean()),
+        "reward_mean": float(r[finite].mean()),
+        "reward_std": float(r[finite].std(unbiased=False)),
+        "group_std_mean": float(group_std[present].mean()),
+        "zero_std_fraction": float((group_std[present] < ZERO_STD_TOLERANCE).double().mean()),
+        "advantage_abs_mean": float(advantages[finite].abs().mean()),
         "advantage_clip_fraction": float(clipped.double().mean()),
-        "num_groups": float(num_groups),
+        "num_groups": float(present.sum()),
     }
     return advantages.to(torch.float32), stats
 

@@ -61,6 +61,7 @@ class TrainSettings:
     eval_every: int = 0  # iterations; 0: evaluate only before and after training
     save_every: int = 0  # iterations; 0: save only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
+    max_consecutive_skips: int = 5  # iterations in a row skipped for non-finite values stop the run
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -125,7 +126,7 @@ def _validate_sampling(s: SamplingConfig) -> None:
 
 def _validate_train(t: TrainSettings, s: SamplingConfig) -> None:
     require_at_least("train", t, 1, "num_steps", "prompts_per_step", "sample_batch_size", "train_batch_size",
-                     "inner_epochs", "updates_per_epoch", "keep_checkpoints")
+                     "inner_epochs", "updates_per_epoch", "keep_checkpoints", "max_consecutive_skips")
     if t.group_size < 2:
         raise ConfigError(f"train.group_size must be >= 2 (one sample has no spread to learn from), got {t.group_size}")
     require_at_least("train", t, 0, "eval_every", "save_every", "weight_decay", "beta")  # 0: off

@@ -4,6 +4,10 @@
     -> score -> group advantages (gathered over processes) -> clipped policy update + KL (update.py)
     -> EMA
 
+A sample whose generated trajectory or clip, or whose reward, is non-finite is dropped from the
+advantages, the update and the logged reward statistics, and counted (skip/samples/clip,
+skip/samples/reward); a step left with no sample is skipped (NonFiniteStep).
+
     metrics = train_grpo(cfg, generator=None, reward_fns=None, evaluate_fn=None)
 
 Hooks for callers that bring their own parts: `generator` (any object with the Generator protocol
@@ -17,6 +21,7 @@ import time
 
 import torch
 
+from identity_grpo.core.finite import NonFiniteStep, finite_samples
 from identity_grpo.core.seeds import Stream, stream_rng
 from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.ema import ParameterEMA
@@ -79,8 +84,9 @@ class GrpoRecipe(FinetuneRecipe):
         accelerator, t = self.accelerator, self.cfg.train
         schedule = self.noise_schedule(step)
         started = time.perf_counter()
-        rollouts, reward_values = self.sample_and_score(step, schedule)
+        rollouts, reward_values, bad_clips = self.sample_and_score(step, schedule)
         sampled = time.perf_counter()
+        self.drop_non_finite(reward_values["reward"], bad_clips)
         advantage_stats = self.assign_advantages(rollouts)
         update_rng = stream_rng(t.seed, Stream.UPDATE, step, accelerator.process_index)
         update_stats = update_phase(accelerator, self.policy, rollouts, schedule, t, update_rng)
@@ -100,16 +106,18 @@ class GrpoRecipe(FinetuneRecipe):
                                   stream_rng(t.seed, Stream.SDE_WINDOW, step))
         return WindowedNoiseSchedule(s.noise, self.generator.sigmas(s.train_steps), start, t.sde_window_size)
 
-    def sample_and_score(self, step: int, schedule) -> tuple[list[Rollout], dict[str, torch.Tensor]]:
+    def sample_and_score(self, step: int, schedule) -> tuple[list[Rollout], dict[str, torch.Tensor], torch.Tensor]:
         """This process's share of the step's groups: one Rollout per reference count (samples of one
-        rollout can share micro-batches), with rewards; and the reward values for logging
-        ({"reward": total, "reward/<name>": each reward})."""
+        rollout can share micro-batches), with rewards; the reward values for logging ({"reward":
+        total, "reward/<name>": each reward}); and [N] bool, the samples whose trajectory or clip is
+        non-finite (their rewards are NaN: a reward may score a NaN clip as an ordinary one)."""
         cfg, gen = self.cfg, self.generator
         rng = stream_rng(cfg.train.seed, Stream.SAMPLING, step, self.accelerator.process_index)
         sigmas = gen.sigmas(cfg.sampling.train_steps)
         counts = [len(r.references) for r in self.train_records]
         by_count: dict[int, list[Rollout]] = {}
         values: dict[str, list[torch.Tensor]] = {}
+        bad_clips = []
         for batch in sampling_batches(self.sampler.slots(step), counts, cfg.train.sample_batch_size):
             records = [self.train_records[slot.prompt_index] for slot in batch]
             references = [r.load_references() for r in records]
@@ -120,14 +128,30 @@ class GrpoRecipe(FinetuneRecipe):
                     trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng)
                 videos = gen.decode(trajectory.final_latents)
             total, per_reward = self.rewards(videos, references, prompts, records=records)
+            bad = ~(finite_samples(trajectory.latents) & finite_samples(videos)).cpu()
+            bad_clips.append(bad)
+            scored = {"reward": total, **{f"reward/{n}": v for n, v in per_reward.items()}}
+            scored = {key: value.masked_fill(bad, float("nan")) for key, value in scored.items()}
             group_ids = torch.tensor([slot.group_id for slot in batch])
             rollout = Rollout.from_trajectory(trajectory, conds, group_ids, references)
-            rollout.rewards = total
+            rollout.rewards = scored["reward"]
             by_count.setdefault(len(references[0]), []).append(rollout)
-            for key, value in {"reward": total, **{f"reward/{n}": v for n, v in per_reward.items()}}.items():
+            for key, value in scored.items():
                 values.setdefault(key, []).append(value)
         rollouts = [Rollout.concatenate(parts) for _, parts in sorted(by_count.items())]
-        return rollouts, {name: torch.cat(parts) for name, parts in values.items()}
+        return rollouts, {name: torch.cat(parts) for name, parts in values.items()}, torch.cat(bad_clips)
+
+    def drop_non_finite(self, totals: torch.Tensor, bad_clips: torch.Tensor) -> None:
+        """Count the samples (all processes) dropped for a non-finite clip or reward; NonFiniteStep
+        when none is left. `totals` is NaN wherever a sample is dropped."""
+        device = self.accelerator.device
+        dropped = ~torch.isfinite(self.accelerator.gather(totals.to(device)))
+        clips = self.accelerator.gather(bad_clips.to(device))
+        self.count_skipped_samples("clip", int(clips.sum()))
+        self.count_skipped_samples("reward", int((dropped & ~clips).sum()))
+        if dropped.all():
+            quantity = "clip" if clips.any() else "reward"
+            raise NonFiniteStep(quantity, f"all {dropped.numel()} samples dropped ({int(clips.sum())} for their clip)")
 
     def assign_advantages(self, rollouts: list[Rollout]) -> dict[str, float]:
         """Group-normalized advantages over all processes' rewards, written into the rollouts."""
@@ -140,11 +164,13 @@ class GrpoRecipe(FinetuneRecipe):
         return stats
 
     def reward_statistics(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Mean and std over all processes' samples of the weighted total (key "reward") and of every
-        reward (keys "reward/<name>")."""
+        """Mean and std over all processes' kept samples of the weighted total (key "reward") and of
+        every reward (keys "reward/<name>")."""
         logged = {}
         for key, value in values.items():
             every = self.accelerator.gather(value.to(self.accelerator.device)).float()
-            logged[f"{key}/mean"] = float(every.mean())
-            logged[f"{key}/std"] = float(every.std(unbiased=False))
+            every = every[torch.isfinite(every)]  # dropped samples take no part
+            if every.numel():
+                logged[f"{key}/mean"] = float(every.mean())
+                logged[f"{key}/std"] = float(every.std(unbiased=False))
         return logged

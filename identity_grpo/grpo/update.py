@@ -6,11 +6,16 @@ scaled by its share of the global count and the LoRA gradients are summed over p
 The count may differ per process (zero-advantage samples are skipped and reference counts are
 bucketed), which a DDP wrapper could not take; the LoRA gradients are small, so one all-reduce per
 optimizer step costs little. The result equals one process doing all the work.
+
+Samples whose advantage is NaN (dropped for a non-finite reward or clip) never reach the loss. A
+non-finite loss or gradient on any process skips the optimizer step (and the EMA update) and ends
+the iteration's update with NonFiniteStep.
 """
 from __future__ import annotations
 
 import torch
 
+from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
 from identity_grpo.grpo.config import TrainSettings
 from identity_grpo.finetune.lora import adapter_disabled
 from identity_grpo.finetune.policy import Policy, average_gradients
@@ -29,13 +34,17 @@ def split_for_updates(num_samples: int, updates: int, rng: torch.Generator) -> l
 
 def micro_batches(rollouts: list[Rollout], chunk: torch.Tensor, size: int, skip_zero_advantage: bool) -> list[Rollout]:
     """The chunk's samples (flat indices over the rollouts, one rollout per reference count) in
-    micro-batches of at most `size` from one rollout each; zero-advantage samples dropped if asked."""
+    micro-batches of at most `size` from one rollout each; dropped samples (NaN advantage) left
+    out, and zero-advantage samples if asked."""
     offsets = torch.tensor([0] + [r.batch_size for r in rollouts]).cumsum(0)
     batches = []
     for b, rollout in enumerate(rollouts):
         local = chunk[(chunk >= offsets[b]) & (chunk < offsets[b + 1])] - offsets[b]
+        advantages = rollout.advantages[local.to(rollout.advantages.device)].cpu()
+        keep = torch.isfinite(advantages)
         if skip_zero_advantage:
-            local = local[rollout.advantages[local.to(rollout.advantages.device)].cpu() != 0]
+            keep &= advantages != 0
+        local = local[keep]
         batches += [rollout.select(part) for part in local.split(size) if part.numel()]
     return batches
 
@@ -64,7 +73,8 @@ def optimizer_step(
     accelerator, policy: Policy, batches: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator
 ) -> dict[str, float]:
     """Accumulate the loss over every micro-batch and trained step, average the gradients over
-    processes, clip, step. Returns statistics of the whole (all-process) step."""
+    processes, clip, step. Returns statistics of the whole (all-process) step; raises NonFiniteStep
+    (nothing applied) if a loss or the gradient is non-finite on any process."""
     plans = [(batch, batch.train_steps(settings.timestep_fraction, rng)) for batch in batches]
     local_pairs = sum(steps.numel() for _, steps in plans)
     total_pairs = int(accelerator.reduce(torch.tensor(float(local_pairs), device=accelerator.device), "sum"))
@@ -72,15 +82,22 @@ def optimizer_step(
         return {"skipped_updates": 1.0}
     sums = torch.zeros(len(STAT_NAMES), device=accelerator.device)
     max_ratio_error = torch.zeros((), device=accelerator.device)
+    losses = []
     for batch, steps in plans:
         for k in range(steps.shape[1]):
             with accelerator.autocast():
                 loss, stats = transition_loss(policy, batch, steps[:, k], noise_schedule, settings)
             accelerator.backward(loss * (batch.batch_size / total_pairs))
+            losses.append(loss.detach().float())
             sums += torch.stack([stats[name].float() for name in STAT_NAMES]) * batch.batch_size
             max_ratio_error = torch.maximum(max_ratio_error, stats["max_abs_log_ratio"].float())
     average_gradients(accelerator, policy.params)
     grad_norm = accelerator.clip_grad_norm_(policy.params, settings.max_grad_norm)
+    checked = {"loss": torch.stack(losses) if losses else None, "gradient": grad_norm}
+    bad = first_non_finite(accelerator, checked)
+    if bad is not None:
+        policy.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteStep(bad, describe(checked[bad]))
     policy.optimizer.step()
     policy.optimizer.zero_grad(set_to_none=True)
     if policy.ema is not None:

@@ -72,6 +72,7 @@ class IproTrainSettings:
     eval_every: int = 0  # steps; 0: evaluate only before and after training
     save_every: int = 0  # steps; 0: save only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
+    max_consecutive_skips: int = 5  # steps in a row skipped for non-finite values stop the run
     seed: int = 0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
 
@@ -129,7 +130,8 @@ class IproConfig(RunSettings):
 
 
 def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
-    require_at_least("train", t, 1, "num_steps", "batch_size", "micro_batch_size", "last_steps", "keep_checkpoints")
+    require_at_least("train", t, 1, "num_steps", "batch_size", "micro_batch_size", "last_steps", "keep_checkpoints",
+                     "max_consecutive_skips")
     require_at_least("train", t, 0, "eval_every", "save_every", "weight_decay", "max_grad_norm", "kl_weight")  # 0: off
     require_positive("train", t, "lr", "reward_weight")
     if t.last_steps > s.train_steps:

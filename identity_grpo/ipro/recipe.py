@@ -3,7 +3,8 @@ differentiable face reward through the decoder and the last K denoising steps in
 
     per micro-batch: noise -> Euler ODE (earlier steps no_grad, last K with grad, KL to the
     adapter-off velocity; last_steps.py) -> decode (checkpointed) -> face reward vs each person's
-    pool -> loss = reward_weight * (-reward) + kl_weight * KL -> backward; then one Adam step
+    pool -> loss = reward_weight * (-reward) + kl_weight * KL -> backward; then one Adam step, skipped
+    (NonFiniteStep) when a clip, face reward, KL, loss or the gradient is non-finite on any process
 
     metrics = train_ipro(cfg, generator=None, face_reward=None, evaluate_fn=None, eval_reward_fns=None)
 
@@ -18,6 +19,7 @@ import time
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from identity_grpo.core.finite import NonFiniteStep, describe, finite_samples, first_non_finite
 from identity_grpo.core.seeds import Stream, stream_rng
 from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.evaluation import EvaluateFn
@@ -80,6 +82,7 @@ class IproRecipe(FinetuneRecipe):
         counts = [len(r.references) for r in self.train_records]
         sums = torch.zeros(3, device=accelerator.device)  # reward, KL, loss, summed over samples
         step_kl = torch.zeros(t.last_steps, device=accelerator.device)
+        checked: dict[str, list[torch.Tensor]] = {"clip": [], "reward": [], "kl": [], "loss": []}
         started = time.perf_counter()
         policy.transformer.train()
         for batch in sampling_batches(self.sampler.slots(step), counts, t.micro_batch_size):
@@ -95,10 +98,19 @@ class IproRecipe(FinetuneRecipe):
             losses = t.reward_weight * -reward + t.kl_weight * sample.kl
             accelerator.backward(losses.sum() / t.batch_size)  # the mean over the whole step's samples
             sums += torch.stack([reward.sum(), sample.kl.sum(), losses.sum()]).detach()
+            # Per clip 0, or NaN when it has a NaN/inf pixel: the check counts clips, not pixels.
+            checked["clip"].append(torch.where(finite_samples(videos), 0.0, float("nan")))
+            for name, value in (("reward", reward), ("kl", sample.kl), ("loss", losses)):
+                checked[name].append(value.detach().float())
             step_kl += sample.step_kl.sum(dim=0)
         policy.transformer.eval()
         average_gradients(accelerator, policy.params)  # summed over processes: each loss was already / batch_size
         grad_norm = accelerator.clip_grad_norm_(policy.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        values = {**{name: torch.cat(parts) for name, parts in checked.items()}, "gradient": grad_norm}
+        bad = first_non_finite(accelerator, values)
+        if bad is not None:
+            policy.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStep(bad, describe(values[bad]))
         policy.optimizer.step()
         policy.optimizer.zero_grad(set_to_none=True)
         sums = accelerator.reduce(sums, "sum") / t.batch_size

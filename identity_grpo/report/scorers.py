@@ -46,6 +46,9 @@ class Scorers:
     def __call__(self, videos: torch.Tensor, records: Sequence[PromptRecord],
                  references: Sequence[Sequence[np.ndarray]]) -> BatchScores:
         total, per_reward = self.rewards(videos, references, [r.prompt for r in records], records=records)
+        for name, value in per_reward.items():  # a report's means and win rates have no way to leave a sample out
+            if not torch.isfinite(value).all():
+                raise ValueError(f"rewards: {name!r} returned NaN or inf")
         scores = {"reward": total.double().numpy(), **{f"reward/{n}": v.double().numpy() for n, v in per_reward.items()}}
         per_person: dict[str, list[np.ndarray]] = {}
         if self.world:

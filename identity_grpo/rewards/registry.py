@@ -133,7 +133,9 @@ class WeightedRewards:
         records: Sequence[PromptRecord] | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """-> total [B] float32 (CPU) and each reward's values {name: [B]}. `records` (the B prompt
-        records) reach only the functions that declare a `records` keyword."""
+        records) reach only the functions that declare a `records` keyword. A NaN or inf value is
+        returned as it is (and makes the total non-finite): the callers skip and count such samples
+        rather than lose the whole batch to one bad value."""
         batch = len(prompts)
         values = {}
         for name, fn in self.fns.items():
@@ -141,8 +143,6 @@ class WeightedRewards:
             value = torch.as_tensor(fn(videos, references, prompts, **extra)).detach().float().cpu().reshape(-1)
             if value.shape != (batch,):
                 raise ValueError(f"rewards: {name!r} returned {tuple(value.shape)} values for {batch} clips")
-            if not torch.isfinite(value).all():
-                raise ValueError(f"rewards: {name!r} returned NaN or inf")
             values[name] = value
         total = sum(self.weights[name] * value for name, value in values.items())
         return total, values

@@ -56,8 +56,24 @@ def test_bad_input_is_refused():
         group_advantages(REWARDS, GROUPS[:3])
     with pytest.raises(ValueError, match="scaling"):
         group_advantages(REWARDS, GROUPS, "rank")
-    with pytest.raises(ValueError, match="NaN"):
-        group_advantages(torch.tensor([1.0, float("nan")]), torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="no finite reward"):
+        group_advantages(torch.tensor([float("inf"), float("nan")]), torch.tensor([0, 0]))
+
+
+def test_non_finite_rewards_take_no_part():
+    """A dropped sample (NaN or inf reward) gets a NaN advantage; its group's statistics come from
+    the other members, exactly as if it had not been sampled."""
+    rewards = torch.tensor([1.0, float("nan"), 3.0, 2.0, 2.0, 0.0, float("inf"), 4.0])
+    groups = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2])
+    kept = torch.isfinite(rewards)
+    for scaling in ("group", "batch", "none"):
+        adv, stats = group_advantages(rewards, groups, scaling)
+        plain, plain_stats = group_advantages(REWARDS, GROUPS, scaling)
+        assert torch.isnan(adv[~kept]).all()
+        torch.testing.assert_close(adv[kept], plain, rtol=0, atol=1e-6)
+        assert stats == pytest.approx(plain_stats)
+    adv, stats = group_advantages(torch.tensor([1.0, float("nan"), 5.0, 7.0]), torch.tensor([0, 0, 1, 1]))
+    assert adv[0] == 0 and stats["num_groups"] == 2  # a group with one finite member has no spread
 
 
 class TwoProcessGather:

@@ -238,3 +238,27 @@ def test_checkpointed_decoder_gives_the_same_gradient(vace):
     (decode(gen, torch.cat([noise[:, :, :2], latents], dim=2), checkpointed=True) * weights).sum().backward()
     assert plain.abs().sum() > 0
     torch.testing.assert_close(latents.grad, plain, rtol=1e-5, atol=1e-7)
+
+
+def test_a_nan_face_reward_skips_the_step_and_is_counted(data, tmp_path):
+    """The face reward is NaN for one sample of the first training step: that step applies nothing,
+    the next trains; evaluation (no gradients) is unaffected."""
+    face_reward, calls = slot_face_reward(), []
+
+    def flaky(videos, records):
+        reward = face_reward(videos, records)
+        if torch.is_grad_enabled():
+            calls.append(len(records))
+            if len(calls) == 1:
+                return torch.cat([reward[:1] * float("nan"), reward[1:]])
+        return reward
+
+    cfg = ipro_config(data, tmp_path / "run", "vace")
+    metrics = train_ipro(cfg, generator=build_generator(cfg.generator), face_reward=flaky, eval_reward_fns=BRIGHTNESS)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e for e in log if e["step"] == 1 and "eval/reward" not in e] == [{"step": 1, "skip/reward": 1}]
+    step_2 = [e for e in log if e["step"] == 2 and "train/reward" in e]
+    assert len(step_2) == 1 and step_2[0]["train/grad_norm"] > 0
+    assert step_2[0]["train/kl"] == 0  # the skipped step left the LoRA at its start: still the reference
+    assert metrics["status"] == "ok" and metrics["skipped_steps"] == {"reward": 1}
+    assert isinstance(metrics["reward_after"], float)

@@ -50,9 +50,14 @@ def test_unknown_names_and_bad_values_are_refused():
     wrong_shape = WeightedRewards({"w": lambda v, r, p: torch.zeros(2)}, {"w": 1.0})
     with pytest.raises(ValueError, match=r"'w' returned \(2,\) values for 3 clips"):
         wrong_shape(VIDEOS, REFS, PROMPTS)
-    nan = WeightedRewards({"n": lambda v, r, p: torch.tensor([0.0, float("nan"), 1.0])}, {"n": 1.0})
-    with pytest.raises(ValueError, match="'n' returned NaN"):
-        nan(VIDEOS, REFS, PROMPTS)
+
+
+def test_non_finite_values_are_returned_for_the_caller_to_skip():
+    nan = WeightedRewards({"n": lambda v, r, p: torch.tensor([0.0, float("nan"), 1.0]),
+                           "i": lambda v, r, p: torch.tensor([float("inf"), 1.0, 1.0])}, {"n": 1.0, "i": 2.0})
+    total, values = nan(VIDEOS, REFS, PROMPTS)
+    assert torch.isfinite(total).tolist() == [False, False, True] and total[2] == 3.0
+    assert torch.isnan(values["n"][1]) and torch.isinf(values["i"][0])
 
 
 def test_reward_model_entry_scores_like_the_stage1_scorer(tmp_path):

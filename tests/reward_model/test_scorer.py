@@ -63,3 +63,16 @@ def test_original_release_folders_are_detected(release):
 def test_release_options_on_a_saved_model_folder_are_an_error(saved):
     with pytest.raises(ValueError, match="only apply to original-release folders"):
         RewardScorer.from_pretrained(saved[0], step=3)
+
+
+def test_a_clip_with_a_non_finite_pixel_scores_nan_and_the_others_as_alone(saved):
+    """A NaN clip would become an ordinary black clip once turned into pixels: it must not get a score."""
+    path, _ = saved
+    scorer = RewardScorer.from_pretrained(path, batch_size=2)
+    videos, refs, prompts = clips()
+    broken = [torch.from_numpy(v).float() / 255 for v in videos]
+    broken[1][0, 0, 0, 0] = float("nan")
+    broken[2][:] = float("inf")
+    rewards = scorer.score(broken, refs, prompts)
+    assert torch.isnan(rewards[1:]).all()
+    torch.testing.assert_close(rewards[:1], scorer.score(videos[:1], refs[:1], prompts[:1]))
