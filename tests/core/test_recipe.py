@@ -1,5 +1,6 @@
-"""The recipe skeleton's non-finite guard on a model-free recipe: skipped steps counted and logged,
-the consecutive-skip limit, no export or upload from a failed run, and the entry's one line."""
+"""The recipe skeleton on a model-free recipe: the non-finite guard (skipped steps counted and logged,
+the consecutive-skip limit, no export or upload from a failed run, the entry's one line), resume from
+a checkpoint with each step logged once, and a fresh start that refuses to overwrite a run."""
 import json
 from dataclasses import dataclass, field
 
@@ -129,3 +130,34 @@ def test_the_limit_must_be_at_least_one(config):
     assert load_config(cls, None, []).train.max_consecutive_skips == 5
     with pytest.raises(ConfigError, match="train.max_consecutive_skips must be >= 1"):
         load_config(cls, None, ["train.max_consecutive_skips=0"])
+
+
+class Weighted(Scripted):
+    """Scripted with its weight in the checkpoints."""
+
+    def checkpoint_parts(self):
+        recipe = self
+
+        class Part:
+            def state_dict(self):
+                return {"weight": recipe.weight}
+
+            def load_state_dict(self, state):
+                recipe.weight = state["weight"].clone()
+
+        return {"weight": Part()}
+
+
+def test_resume_continues_from_the_checkpoint_and_logs_each_step_once(tmp_path):
+    cfg = Config(str(tmp_path), resume=True, train=Train(num_steps=4, save_every=2))
+    Weighted(cfg, {}).run()
+    longer = Weighted(Config(str(tmp_path), resume=True, train=Train(num_steps=6, save_every=2)), {})
+    assert longer.run()["weight"] == 6.0  # 4 steps restored from the checkpoint, then steps 5 and 6
+    assert [e["step"] for e in log(tmp_path) if "train/weight" in e] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_fresh_start_never_overwrites_an_earlier_run(tmp_path):
+    Weighted(Config(str(tmp_path), resume=True, train=Train(num_steps=2, save_every=1)), {}).run()
+    with pytest.raises(ConfigError, match=r"holds checkpoints of an earlier run; resume=false would overwrite them"):
+        Weighted(Config(str(tmp_path), resume=False, train=Train(num_steps=2)), {}).run()
+    assert (tmp_path / "checkpoints" / "step_00000002" / "manifest.json").is_file()
