@@ -79,7 +79,7 @@ def test_pairs_with_an_unreadable_file_are_left_out_counted_and_named(clips, cap
     assert scores.skipped == {"unreadable_video": 1, "unreadable_reference": 1}
     assert pair_report(scores, 0.0).accuracy == 1.0
     warnings = [r.getMessage() for r in caplog.records if r.name == "reward_model.evaluation"]
-    assert warnings[0].startswith(f"test: pair 'p2' (row 2) left out, unreadable_video: {clips['bad_clip']}: cannot decode")
+    assert warnings[0].startswith(f"test: pair 'p2' (row 2) left out, unreadable_video: {clips['bad_clip']}: cannot")
     assert warnings[1].startswith(f"test: pair 'p3' (row 3) left out, unreadable_reference: {clips['bad_ref']}: cannot")
     logged = validation_metrics(scores)
     assert logged["val/skipped/unreadable_video"] == logged["val/skipped/unreadable_reference"] == 1
