@@ -166,7 +166,7 @@ class FinetuneRecipe(Recipe):
         after = self.evaluator(step=self.state.step) if self.eval_records else None
         if after and after["non_finite"]["clip"]:
             raise RunFailed(f"the trained weights generate non-finite clips for {after['non_finite']['clip']} of "
-                            f"{len(self.eval_records)} held-out prompts")
+                            f"{len(self.evaluator.usable)} held-out prompts")
         return summarize(self.state.step, self.state.eval_before, after, self.state.last_kl, train_seconds)
 
     def export(self, final_dir: Path) -> None:
