@@ -2,10 +2,14 @@
 
 Tie thresholds are calibrated on validation pairs for each scorer and applied unchanged to
 the held-out test pairs. Prints the comparison table and returns the metrics that go into
-`metrics.json`.
+`metrics.json`. A pair whose clip or reference cannot be read is left out of the accuracies,
+named in a warning and counted by reason (`unreadable_video`, `unreadable_reference`), as in
+training: one bad file costs its pairs, not a finished run.
 """
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -15,43 +19,97 @@ from tqdm.auto import tqdm
 from reward_model.baseline import HistogramBaselineScorer
 from reward_model.pair_metrics import PairReport, PairScores, calibrate_tie_threshold, comparison_table, pair_report, print_table
 from identity_grpo.core.config_io import RunFailed
-from identity_grpo.core.video import read_image, read_video
+from identity_grpo.core.video import VideoReadError, read_image, read_video
 
 ScoreFn = Callable[[Sequence[np.ndarray], Sequence[Sequence[np.ndarray]], Sequence[str]], np.ndarray]
+ClipKey = tuple[str, tuple[str, ...], str]  # video, references, prompt: what a clip's score depends on
+SIDES = ("video_a", "video_b")
+logger = logging.getLogger(__name__)
+
+
+class Unreadable(Exception):
+    """A clip or reference that cannot be read; `reason` is what the pairs it leaves out are counted under."""
+
+    def __init__(self, reason: str, error: VideoReadError):
+        super().__init__(str(error))
+        self.reason = reason
+
+
+def clip_key(row: dict, side: str) -> ClipKey:
+    return row[side], tuple(row["references"]), row["prompt"]
+
+
+def read_clip(key: ClipKey, num_frames: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    path, references, _ = key
+    try:
+        video = read_video(path, num_frames=num_frames)
+    except VideoReadError as error:
+        raise Unreadable("unreadable_video", error) from error
+    try:
+        return video, [read_image(r) for r in references]
+    except VideoReadError as error:
+        raise Unreadable("unreadable_reference", error) from error
 
 
 def score_rows(score: ScoreFn, rows: list[dict], num_frames: int, batch_size: int = 32, desc: str = "scoring") -> PairScores:
-    """Score every distinct clip of `rows` once (clips are shared between pairs) and pair them up."""
-    clips: dict[str, tuple[list[str], str]] = {}
-    for row in rows:
-        for side in ("video_a", "video_b"):
-            clips.setdefault(row[side], (row["references"], row["prompt"]))
-    paths = list(clips)
-    values: dict[str, float] = {}
-    for start in tqdm(range(0, len(paths), batch_size), desc=desc, leave=False):
-        chunk = paths[start : start + batch_size]
-        videos = [read_video(p, num_frames=num_frames) for p in chunk]
-        refs = [[read_image(r) for r in clips[p][0]] for p in chunk]
-        prompts = [clips[p][1] for p in chunk]
-        for path, value in zip(chunk, np.asarray(score(videos, refs, prompts), dtype=np.float64)):
-            values[path] = float(value)
-    return PairScores(
-        np.array([values[r["video_a"]] for r in rows]), np.array([values[r["video_b"]] for r in rows]), rows
-    )
+    """Score every distinct clip of `rows` once (clips are shared between pairs) and pair them up.
+    Pairs with an unreadable file are left out (PairScores.skipped counts them by reason) and each
+    is named in a warning with its row (its position in `rows`) and the file."""
+    keys = list(dict.fromkeys(clip_key(row, side) for row in rows for side in SIDES))
+    values: dict[ClipKey, float] = {}
+    unreadable: dict[ClipKey, Unreadable] = {}
+    for start in tqdm(range(0, len(keys), batch_size), desc=desc, leave=False):
+        read = {}
+        for key in keys[start : start + batch_size]:
+            try:
+                read[key] = read_clip(key, num_frames)
+            except Unreadable as error:
+                unreadable[key] = error
+        if read:
+            videos, refs = zip(*read.values())
+            scores = np.asarray(score(list(videos), list(refs), [key[2] for key in read]), dtype=np.float64)
+            values.update(zip(read, scores.tolist()))
+    kept, skipped = [], Counter()
+    for number, row in enumerate(rows, 1):
+        error = next((unreadable[k] for k in (clip_key(row, side) for side in SIDES) if k in unreadable), None)
+        if error is None:
+            kept.append(row)
+            continue
+        skipped[error.reason] += 1
+        logger.warning("%s: pair %r (row %d) left out, %s: %s", desc, row["pair_id"], number, error.reason, error)
+    return PairScores(np.array([values[clip_key(r, "video_a")] for r in kept]),
+                      np.array([values[clip_key(r, "video_b")] for r in kept]), kept, dict(skipped))
 
 
-def evaluate_scorer(score: ScoreFn, splits: dict[str, list[dict]], num_frames: int, name: str) -> PairReport:
-    """The scorer's report on the test pairs (tie threshold from the validation pairs). Raises
-    RunFailed if it scores a clip non-finite: every clip read from a file is finite, so such a
-    scorer is broken, and an accuracy computed from NaN comparisons would look like a real one."""
-    threshold = 0.0
+def evaluate_scorer(score: ScoreFn, splits: dict[str, list[dict]], num_frames: int,
+                    name: str) -> tuple[PairReport, dict[str, dict[str, int]]]:
+    """The scorer's report on the test pairs (tie threshold from the validation pairs) and the pairs
+    left out of each split, by reason. Raises RunFailed if it scores a clip non-finite: every clip
+    read from a file is finite, so such a scorer is broken, and an accuracy computed from NaN
+    comparisons would look like a real one."""
+    threshold, skipped = 0.0, {}
     if splits.get("val"):
         val = score_rows(score, splits["val"], num_frames, desc=f"{name}: validation")
         require_finite(val, name, "validation")
-        threshold = calibrate_tie_threshold(val.margin, [r["label"] for r in splits["val"]])
+        threshold, skipped["val"] = calibrate_tie_threshold(val.margin, [r["label"] for r in val.rows]), val.skipped
     test = score_rows(score, splits["test"], num_frames, desc=f"{name}: test")
     require_finite(test, name, "test")
-    return pair_report(test, threshold)
+    skipped["test"] = test.skipped
+    return pair_report(test, threshold), skipped
+
+
+def validation_metrics(scores: PairScores) -> dict[str, float]:
+    """What a periodic validation logs: the accuracies (tie threshold calibrated on the same pairs)
+    and the pairs left out (val/skipped/<reason>); with non-finite scores their count instead of
+    accuracies (NaN margins compare as wrong or tied: an accuracy from them would mean nothing)."""
+    logged = {f"val/skipped/{reason}": n for reason, n in sorted(scores.skipped.items())}
+    non_finite = int((~np.isfinite(scores.margin)).sum())
+    if non_finite:
+        return {"val/non_finite_pairs": non_finite, **logged}
+    if scores.rows:
+        report = pair_report(scores, calibrate_tie_threshold(scores.margin, [r["label"] for r in scores.rows]))
+        logged.update({"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy})
+    return logged
 
 
 def require_finite(scores: PairScores, name: str, split: str) -> None:
@@ -60,20 +118,22 @@ def require_finite(scores: PairScores, name: str, split: str) -> None:
         raise RunFailed(f"the {name} gives non-finite scores in {int((~finite).sum())} of {finite.size} {split} pairs")
 
 
-def final_evaluation(cfg, model, splits: dict[str, list[dict]], final_dir: Path, device) -> dict:
-    from reward_model.scorer import RewardScorer
+def left_out_line(skipped: dict[str, dict[str, int]]) -> str:
+    """The line under the table, e.g. 'left out (unreadable files, see the warnings): test 1 unreadable_video'."""
+    parts = [f"{split} {n} {reason}" for split, counts in skipped.items() for reason, n in sorted(counts.items())]
+    return f"left out (unreadable files, see the warnings): {', '.join(parts)}" if parts else ""
 
-    if not splits.get("test"):
-        return {}
-    num_frames = model.config.num_frames
-    scorer = RewardScorer(model, device=device)
-    reports = {
-        "reward model": evaluate_scorer(scorer.score, splits, num_frames, "reward model"),
-        "colour-histogram baseline": evaluate_scorer(HistogramBaselineScorer().score, splits, num_frames, "baseline"),
-    }
-    rows = comparison_table(reports)
-    print_table(rows, title=f"Held-out pairs ({reports['reward model'].num_pairs}), accuracy")
-    learned, baseline = reports["reward model"], reports["colour-histogram baseline"]
+
+def compare_with_baseline(score: ScoreFn, splits: dict[str, list[dict]], num_frames: int) -> dict:
+    """The learned scorer against the colour-histogram baseline on the test pairs; prints the table
+    (with the pairs left out on a line under it) and returns metrics.json's evaluation part."""
+    learned, skipped = evaluate_scorer(score, splits, num_frames, "reward model")
+    baseline, _ = evaluate_scorer(HistogramBaselineScorer().score, splits, num_frames, "baseline")  # the same files
+    rows = comparison_table({"reward model": learned, "colour-histogram baseline": baseline})
+    print_table(rows, title=f"Held-out pairs ({learned.num_pairs}), accuracy")
+    line = left_out_line(skipped)
+    if line:
+        print(line)
     return {
         "accuracy": learned.accuracy,
         "tie_accuracy": learned.tie_accuracy,
@@ -81,8 +141,18 @@ def final_evaluation(cfg, model, splits: dict[str, list[dict]], final_dir: Path,
         "baseline_tie_accuracy": baseline.tie_accuracy,
         "num_test_pairs": learned.num_pairs,
         "num_test_tied_pairs": learned.num_tied,
-        "checkpoint": str(final_dir),
+        "skipped_val_pairs": skipped.get("val", {}),
+        "skipped_test_pairs": skipped["test"],
         "reward_model": learned.to_dict(),
         "baseline": baseline.to_dict(),
         "table": rows,
     }
+
+
+def final_evaluation(cfg, model, splits: dict[str, list[dict]], final_dir: Path, device) -> dict:
+    from reward_model.scorer import RewardScorer
+
+    if not splits.get("test"):
+        return {}
+    metrics = compare_with_baseline(RewardScorer(model, device=device).score, splits, model.config.num_frames)
+    return {**metrics, "checkpoint": str(final_dir)}

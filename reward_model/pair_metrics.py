@@ -22,6 +22,7 @@ class PairScores:
     score_a: np.ndarray  # [N] float
     score_b: np.ndarray  # [N] float
     rows: list[dict]  # N manifest rows (label, source, distortion, severity, ...)
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> pairs left out (a file could not be read)
 
     @property
     def margin(self) -> np.ndarray:  # [N] r_a - r_b

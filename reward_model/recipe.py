@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, set_seed
@@ -27,11 +26,10 @@ from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
 from identity_grpo.world.identities import vocabulary as synthetic_vocabulary
 from reward_model.config import RewardConfig
-from reward_model.evaluation import final_evaluation, score_rows
+from reward_model.evaluation import final_evaluation, score_rows, validation_metrics
 from reward_model.losses import bradley_terry_loss, bt_ties_loss
 from reward_model.model import RewardModel, build_reward_model
 from reward_model.pair_dataset import PairCollator, PairVideoDataset, load_splits
-from reward_model.pair_metrics import calibrate_tie_threshold, pair_report
 from reward_model.pair_order import PairOrder
 
 
@@ -235,8 +233,8 @@ class RewardRecipe(Recipe):
         return {"loss": f"{logged['train/loss']:.3f}", "acc": f"{logged.get('train/accuracy', float('nan')):.2f}"}
 
     def evaluate(self, step: int) -> None:
-        """Validation accuracy (tie threshold calibrated on the same pairs), logged; with non-finite
-        scores, their count instead."""
+        """Validation (evaluation.validation_metrics: accuracies, or the count of non-finite scores;
+        the pairs left out for an unreadable file), logged."""
         rows = self.splits.get("val")
         if not rows:
             return
@@ -246,12 +244,7 @@ class RewardRecipe(Recipe):
         scores = score_rows(RewardScorer(unwrapped, device=self.accelerator.device).score, rows,
                             unwrapped.config.num_frames, desc="validation")
         self.model.train()
-        non_finite = int((~np.isfinite(scores.margin)).sum())
-        if non_finite:  # NaN margins compare as wrong or tied: an accuracy from them would mean nothing
-            self.logger.log({"val/non_finite_pairs": non_finite}, step=step)
-            return
-        report = pair_report(scores, calibrate_tie_threshold(scores.margin, [r["label"] for r in rows]))
-        self.logger.log({"val/accuracy": report.accuracy, "val/tie_accuracy": report.tie_accuracy}, step=step)
+        self.logger.log(validation_metrics(scores), step=step)
 
     def export(self, final_dir: Path) -> None:
         state_dict = self.accelerator.get_state_dict(self.model)  # collective: gathers ZeRO-3 shards on every rank

@@ -7,7 +7,10 @@ Manifests:
 - `.csv`: the original Identity-GRPO release's layout, columns `ref_paths` (paths separated by
   `;`) and `prompt`; a `references` column is read the same way.
 Relative paths are resolved against the manifest's folder. A bad row raises
-`PromptManifestError` naming the file, the row (line of a .jsonl, data row of a .csv) and the field.
+`PromptManifestError` naming the file, the row (line of a .jsonl, data row of a .csv) and the field;
+with `check_files` that includes a reference image that is missing or does not decode (a truncated
+PNG would otherwise stop a run at its first sample). Held-out manifests are loaded with
+`decode=False`: the evaluation skips and counts their undecodable references instead.
 """
 from __future__ import annotations
 
@@ -19,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL.Image
 
 from identity_grpo.core.config_io import ConfigError
+from identity_grpo.core.video import VideoReadError, read_image
 
 
 class PromptManifestError(ConfigError):
@@ -34,9 +37,11 @@ class PromptRecord:
     prompt: str
     references: list[Path]  # one image per person, in the order the prompt describes them
     extra: dict[str, Any] = field(default_factory=dict)  # the manifest's other fields
+    where: str = ""  # "<manifest> row <n>", for messages about this prompt
 
     def load_references(self) -> list[np.ndarray]:
-        """The reference images as uint8 [h, w, 3] RGB arrays."""
+        """The reference images as uint8 [h, w, 3] RGB arrays; VideoReadError names a file that
+        cannot be read."""
         return [load_image(path) for path in self.references]
 
 
@@ -47,12 +52,12 @@ def load_image(path: str | Path) -> np.ndarray:
 
 @lru_cache(maxsize=512)
 def _cached_image(path: str) -> np.ndarray:
-    with PIL.Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    return read_image(path)
 
 
-def load_prompt_manifest(path: str | Path, check_files: bool = True) -> list[PromptRecord]:
-    """All rows of a .jsonl or .csv prompt manifest, validated (see the module docstring)."""
+def load_prompt_manifest(path: str | Path, check_files: bool = True, decode: bool = True) -> list[PromptRecord]:
+    """All rows of a .jsonl or .csv prompt manifest, validated (see the module docstring).
+    check_files: every reference exists and, with `decode`, decodes as an image."""
     path = Path(path)
     if not path.is_file():
         raise PromptManifestError(f"{path}: prompt manifest not found")
@@ -63,7 +68,7 @@ def load_prompt_manifest(path: str | Path, check_files: bool = True) -> list[Pro
         rows = _read_csv(path)
     else:
         raise PromptManifestError(f"{path}: unknown manifest type {suffix!r}; use .jsonl or .csv")
-    records = [_record(path, number, row, check_files) for number, row in rows]
+    records = [_record(path, number, row, check_files, decode) for number, row in rows]
     if not records:
         raise PromptManifestError(f"{path}: no prompts")
     return records
@@ -105,7 +110,7 @@ def _read_csv(path: Path) -> list[tuple[int, dict]]:
         return rows
 
 
-def _record(path: Path, number: int, row: dict, check_files: bool) -> PromptRecord:
+def _record(path: Path, number: int, row: dict, check_files: bool, decode: bool) -> PromptRecord:
     where = f"{path.name} row {number}"
     prompt = row.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -120,6 +125,11 @@ def _record(path: Path, number: int, row: dict, check_files: bool) -> PromptReco
         ref_path = Path(ref) if Path(ref).is_absolute() else path.parent / ref
         if check_files and not ref_path.is_file():
             raise PromptManifestError(f"{where}, field 'references[{i}]': file not found: {ref_path}")
+        if check_files and decode:
+            try:
+                _cached_image(str(ref_path))  # cached: a reference many rows share is decoded once
+            except VideoReadError as error:
+                raise PromptManifestError(f"{where}, field 'references[{i}]': {error}") from None
         resolved.append(ref_path)
     extra = {k: v for k, v in row.items() if k not in ("prompt", "references")}
-    return PromptRecord(prompt=prompt, references=resolved, extra=extra)
+    return PromptRecord(prompt=prompt, references=resolved, extra=extra, where=where)

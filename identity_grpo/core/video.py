@@ -4,12 +4,16 @@ Every array here is uint8 RGB: videos [T, H, W, 3], images [H, W, 3].
 """
 from __future__ import annotations
 
+import logging
 import math
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+logger = logging.getLogger(__name__)
+_warned_short: set[str] = set()  # clips already warned about: a clip is read again every epoch
 
 
 class VideoReadError(OSError):
@@ -64,13 +68,26 @@ def select_frames(total: int, source_fps: float, num_frames: int | None, fps: fl
     return indices
 
 
+def _pick_frames(path: Path, total: int, source_fps: float, num_frames: int | None, fps: float | None) -> list[int]:
+    """select_frames, with a warning (once per file) when the clip has fewer frames than it is
+    read at: the model then sees repeated frames, which a user should know about."""
+    indices = select_frames(total, source_fps, num_frames, fps)
+    distinct = len(set(indices))
+    if num_frames is not None and distinct < num_frames and str(path) not in _warned_short:
+        _warned_short.add(str(path))
+        rate = f" at {fps:g} fps" if fps is not None else ""
+        logger.warning("%s: %d frame(s)%s, read as num_frames=%d: frames are repeated",
+                       path, distinct, rate, num_frames)
+    return indices
+
+
 def _decode_with_decord(path: Path, num_frames: int | None, fps: float | None) -> np.ndarray:
     import decord
 
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
     if len(reader) < 1:
         raise ValueError("video has no frames")
-    return reader.get_batch(select_frames(len(reader), reader.get_avg_fps(), num_frames, fps)).asnumpy()
+    return reader.get_batch(_pick_frames(path, len(reader), reader.get_avg_fps(), num_frames, fps)).asnumpy()
 
 
 def _decode_with_pyav(path: Path, num_frames: int | None, fps: float | None) -> np.ndarray:
@@ -83,7 +100,7 @@ def _decode_with_pyav(path: Path, num_frames: int | None, fps: float | None) -> 
         frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     if not frames:
         raise ValueError("video has no frames")
-    return np.stack([frames[i] for i in select_frames(len(frames), source_fps, num_frames, fps)])
+    return np.stack([frames[i] for i in _pick_frames(path, len(frames), source_fps, num_frames, fps)])
 
 
 def read_video(
@@ -92,7 +109,8 @@ def read_video(
     """Decode frames of a video as uint8 [T, H, W, 3].
 
     fps: resample to this rate first; num_frames: then pick this many uniformly (with both,
-    num_frames wins over the count fps would give). Neither: every frame. max_pixels: downscale
+    num_frames wins over the count fps would give; a clip with fewer frames repeats some, and
+    a warning names it once). Neither: every frame. max_pixels: downscale
     each frame, keeping its aspect ratio, to at most this many pixels.
 
     decord decodes; PyAV takes over for the files decord 0.6 mis-sizes (some frame widths,

@@ -35,7 +35,7 @@ class WorldPrompts:
 class DataConfig:
     train_manifest: str = ""  # prompts + references: .jsonl, or the original release's .csv
     eval_manifest: str = ""  # held-out prompts for evaluation; empty: no evaluation
-    check_files: bool = True  # stat every reference image before training starts
+    check_files: bool = True  # every reference image exists (and decodes, for training) before training starts
     world: WorldPrompts = field(default_factory=WorldPrompts)
 
 

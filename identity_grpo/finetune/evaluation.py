@@ -9,10 +9,15 @@ as eval/<name>. The main process saves a grid of the first prompts' clips under 
 Non-finite values are counted, never averaged: a prompt whose clip has a NaN/inf pixel keeps no
 metric (eval/non_finite/clip), one whose weighted reward is non-finite keeps its other metrics
 (eval/non_finite/reward); every mean is over the finite values.
+
+A held-out prompt whose reference images cannot be read is left out of every evaluation, named in
+a warning (manifest row and file) and counted (eval/skipped/unreadable_reference): bad held-out
+data costs its prompts, not the run. A held-out set with no readable prompt is a PromptManifestError.
 """
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +28,17 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from identity_grpo.core.finite import finite_samples
-from identity_grpo.core.prompt_manifest import PromptRecord
+from identity_grpo.core.prompt_manifest import PromptManifestError, PromptRecord, load_image
 from identity_grpo.core.seeds import Stream, stream_rng
 from identity_grpo.core.tracking import RunLogger
+from identity_grpo.core.video import VideoReadError
 from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.finetune.batches import SampleSlot, sampling_batches
 from identity_grpo.finetune.sampling import sample_with_log_probs
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.rewards.registry import WeightedRewards
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -55,6 +63,27 @@ def held_out_noise(generator: Generator, conds: Conditions, seed: int, prompt_in
                       for j, i in enumerate(prompt_indices)])
 
 
+def readable_prompts(records: Sequence[PromptRecord]) -> tuple[list[int], dict[str, int]]:
+    """The indices of the prompts whose references all decode, and the others counted by reason;
+    each left-out prompt is named in a warning. Indices stay the manifest's: a prompt's noise (and
+    the report's sample of it) does not depend on which others were left out."""
+    usable, skipped = [], {}
+    for index, record in enumerate(records):
+        try:
+            for i, path in enumerate(record.references):
+                load_image(path)
+        except VideoReadError as error:
+            logger.warning("held-out prompt %s, field 'references[%d]': left out, unreadable_reference: %s",
+                           record.where or f"#{index}", i, error)
+            skipped["unreadable_reference"] = skipped.get("unreadable_reference", 0) + 1
+            continue
+        usable.append(index)
+    if records and not usable:
+        raise PromptManifestError(f"none of the {len(records)} held-out prompts has readable reference images "
+                                  "(see the warnings above)")
+    return usable, skipped
+
+
 def evaluation_sampler_rng(seed: int, first_prompt_index: int) -> torch.Generator:
     """The per-step noise of a stochastic evaluation sampler (an ODE draws none)."""
     return stream_rng(seed, Stream.EVAL_SDE, first_prompt_index)
@@ -71,14 +100,16 @@ class Evaluator:
         self.rewards, self.evaluate_fn, self.sampling, self.seed = rewards, evaluate_fn, sampling, seed
         self.weights, self.logger, self.num_steps = weights, logger, num_steps
         self.samples_dir = Path(output_dir) / "samples"
+        self.usable, self.skipped = readable_prompts(records)
 
     @torch.no_grad()
     def __call__(self, step: int) -> dict:
         """Returns {"mean": {eval/<metric>: mean over the prompts with a finite value} (eval/reward: the
         weighted total, eval/reward/<name>, eval/<hook metric>), "per_prompt": {prompt index (str):
-        {metric: finite value}}, "non_finite": {"clip": prompts, "reward": prompts}}."""
+        {metric: finite value}}, "non_finite": {"clip": prompts, "reward": prompts}, "skipped": {reason:
+        prompts left out}}."""
         accelerator = self.accelerator
-        indices = range(accelerator.process_index, len(self.records), accelerator.num_processes)
+        indices = self.usable[accelerator.process_index :: accelerator.num_processes]
         counts = [len(r.references) for r in self.records]
         results: list[tuple[int, dict[str, float], str | None]] = []
         shown: list[tuple[int, torch.Tensor]] = []  # (prompt index, clip [T, H, W, 3]) for the grid
@@ -96,11 +127,13 @@ class Evaluator:
         for name in names:
             values = [v[name] for v in every.values() if name in v]
             averaged[f"eval/{name}"] = sum(values) / len(values)
-        self.logger.log({**averaged, **{f"eval/non_finite/{k}": n for k, n in non_finite.items()}}, step=step)
+        tallies = {**{f"eval/non_finite/{k}": n for k, n in non_finite.items()},
+                   **{f"eval/skipped/{reason}": n for reason, n in self.skipped.items()}}
+        self.logger.log({**averaged, **tallies}, step=step)
         if accelerator.is_main_process and shown:
             self.save_samples(step, shown)
         return {"mean": averaged, "per_prompt": {str(i): values for i, values in sorted(every.items())},
-                "non_finite": non_finite}
+                "non_finite": non_finite, "skipped": dict(self.skipped)}
 
     def evaluate_batch(self, indices: list[int], step: int) -> tuple[list[tuple[int, dict[str, float], str | None]],
                                                                      torch.Tensor]:

@@ -53,7 +53,8 @@ def load_prompts(data: DataConfig, accelerator: Accelerator,
             train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
         evaluate_fn = evaluate_fn or world_identity_metrics
     train_records = load_prompt_manifest(train_manifest, data.check_files)
-    eval_records = load_prompt_manifest(eval_manifest, data.check_files) if eval_manifest else []
+    # Held-out references are decoded by the evaluator, which leaves out and counts unreadable ones.
+    eval_records = load_prompt_manifest(eval_manifest, data.check_files, decode=False) if eval_manifest else []
     return train_records, eval_records, evaluate_fn
 
 
@@ -165,7 +166,7 @@ class FinetuneRecipe(Recipe):
         after = self.evaluator(step=self.state.step) if self.eval_records else None
         if after and after["non_finite"]["clip"]:
             raise RunFailed(f"the trained weights generate non-finite clips for {after['non_finite']['clip']} of "
-                            f"{len(self.eval_records)} held-out prompts")
+                            f"{len(self.evaluator.usable)} held-out prompts")
         return summarize(self.state.step, self.state.eval_before, after, self.state.last_kl, train_seconds)
 
     def export(self, final_dir: Path) -> None:

@@ -1,8 +1,9 @@
 """What a training run reports at the end (pure functions over evaluation results).
 
 An evaluation result is {"mean": {"eval/<metric>": value}, "per_prompt": {index: {metric: value}},
-"non_finite": {"clip": n, "reward": n}} (finetune/evaluation.py; a prompt lacks the metrics that
-were non-finite). The summary keeps both evaluations and puts the headline figures at the top:
+"non_finite": {"clip": n, "reward": n}, "skipped": {reason: n}} (finetune/evaluation.py; a prompt
+lacks the metrics that were non-finite; skipped prompts, e.g. with an unreadable reference image, are
+in neither). The summary keeps both evaluations and puts the headline figures at the top:
 
     reward_before / reward_after      mean weighted reward on held-out prompts
     identity_before / identity_after  mean independent identity measure (the evaluation hook's
@@ -59,6 +60,8 @@ def summarize(steps: int, before: dict | None, after: dict | None, last_kl: floa
     summary["per_prompt_after"] = after["per_prompt"] if after else {}
     summary["non_finite_before"] = before.get("non_finite", {}) if before else {}
     summary["non_finite_after"] = after.get("non_finite", {}) if after else {}
+    # The evaluator leaves out the same prompts every time (fixed when the run starts).
+    summary["skipped_heldout_prompts"] = (after or before or {}).get("skipped", {})
     return summary
 
 
@@ -83,6 +86,8 @@ def summary_table(metrics: dict) -> str:
         b, a = (metrics.get(f"non_finite_{phase}", {}).get(kind, 0) for phase in ("before", "after"))
         if a or b:
             lines.append(f"| prompts with a non-finite {kind} (left out) | {b} | {a} | |")
+    for reason, n in sorted(metrics.get("skipped_heldout_prompts", {}).items()):
+        lines.append(f"| prompts left out: {reason} | {n} | {n} | |")
     rates = metrics.get("win_rates") or {}
     for name in ("reward", "identity"):
         if name in rates:

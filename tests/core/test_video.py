@@ -79,6 +79,20 @@ def test_frame_sampling_by_count_and_by_rate(tmp_path):
     assert frame_levels(read_video(path, num_frames=10)) == [0, 1, 2, 2, 3, 4, 5, 5, 6, 7]
 
 
+def test_a_clip_shorter_than_num_frames_is_named_once(tmp_path, caplog):
+    one, ramp = tmp_path / "one.mp4", tmp_path / "ramp.mp4"
+    write_video(one, grey_ramp(1), fps=8)
+    write_video(ramp, grey_ramp(8), fps=8)
+    with caplog.at_level("WARNING", logger="identity_grpo.core.video"):
+        assert frame_levels(read_video(one, num_frames=4)) == [0, 0, 0, 0]
+        read_video(one, num_frames=4)  # read again every epoch: warned once
+        read_video(ramp, num_frames=8)
+        read_video(ramp, fps=2, num_frames=8)  # 2 frames at 2 fps
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{one}: 1 frame(s), read as num_frames=4: frames are repeated",
+        f"{ramp}: 2 frame(s) at 2 fps, read as num_frames=8: frames are repeated"]
+
+
 @pytest.mark.parametrize("height, width", [(32, 48), (48, 64), (24, 24), (40, 72)])
 def test_sizes_decord_mis_sizes_still_read(tmp_path, height, width):
     path = tmp_path / "clip.mp4"

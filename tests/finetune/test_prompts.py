@@ -87,6 +87,18 @@ def test_bad_csv_rows_and_columns(folder):
         load_prompt_manifest(folder / "m.txt")
 
 
+def test_references_are_decoded_when_files_are_checked(folder):
+    """A truncated PNG passes a stat: it must be found here, not at the first sample of a run."""
+    (folder / "refs" / "cut.png").write_bytes((folder / "refs" / "0.png").read_bytes()[:50])
+    path = write_jsonl(folder / "m.jsonl", [{"prompt": "ok", "references": ["refs/0.png"]},
+                                            {"prompt": "two", "references": ["refs/1.png", "refs/cut.png"]}])
+    with pytest.raises(PromptManifestError, match=r"^m\.jsonl row 2, field 'references\[1\]': .*cut\.png: cannot decode"):
+        load_prompt_manifest(path)
+    records = load_prompt_manifest(path, decode=False)  # held-out prompts: the evaluation skips it
+    assert records[1].where == "m.jsonl row 2"
+    assert len(load_prompt_manifest(path, check_files=False)) == 2
+
+
 def test_every_prompt_of_a_step_appears_group_size_times_with_one_group_id():
     sampler = GroupSampler(num_prompts=10, group_size=4, prompts_per_step=3, seed=1)
     for step in range(4):
