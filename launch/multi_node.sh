@@ -1,19 +1,53 @@
 #!/usr/bin/env bash
-# Multi-node launch: run this on every node with the same MASTER_ADDR / MASTER_PORT.
-#   NODE_RANK=0 NUM_NODES=2 GPUS_PER_NODE=8 MASTER_ADDR=10.0.0.1 \
-#     bash launch/multi_node.sh train_grpo.py --config configs/grpo/vace_1.3b.yaml
-# Under SLURM, NODE_RANK, NUM_NODES and MASTER_ADDR default from the job's variables.
+# Launch one stage on one node of a multi-node run: run it on every node with the same NUM_NODES,
+# MASTER_ADDR and MASTER_PORT and that node's NODE_RANK (launch/slurm.sbatch does this under SLURM).
+#   NUM_NODES=2 NODE_RANK=0 MASTER_ADDR=node0 GPUS_PER_NODE=8 \
+#     bash launch/multi_node.sh grpo --config configs/grpo/vace_1.3b.yaml data.train_manifest=...
+# STAGE: reward (train_reward.py) | grpo (train_grpo.py) | ipro (train_ipro.py); the arguments after
+# it go to the training script untouched. DRY_RUN=1 prints the command instead of running it.
 set -euo pipefail
-NUM_NODES=${NUM_NODES:-${SLURM_NNODES:-1}}
-NODE_RANK=${NODE_RANK:-${SLURM_NODEID:-0}}
+
+usage="usage: launch/multi_node.sh reward|grpo|ipro [training arguments...]"
+stage=${1:-}
+if [ $# -gt 0 ]; then shift; fi
+
+# The engine of each stage: an accelerate config, the one place to change it. The trainers refuse
+# an engine they do not support (identity_grpo/core/recipe.py, make_accelerator's `engines`):
+#   reward: DeepSpeed ZeRO-2 (launch/deepspeed/zero2.json) shards optimizer state and gradients.
+#   grpo, ipro: plain data parallel; they refuse DeepSpeed and FSDP. launch/accelerate/fsdp2.yaml
+#     is ready for them but must not be used until their make_accelerator accepts FSDP.
+case "$stage" in
+  reward) script=train_reward.py; engine=launch/accelerate/multi_gpu_zero2.yaml ;;
+  grpo) script=train_grpo.py; engine=launch/accelerate/multi_gpu.yaml ;;
+  ipro) script=train_ipro.py; engine=launch/accelerate/multi_gpu.yaml ;;
+  *) echo "$usage (unknown stage '$stage')" >&2; exit 2 ;;
+esac
+if [ ! -f "$engine" ]; then  # the configs name their files relative to the repository root
+  echo "launch/multi_node.sh: $engine not found; run from the repository root" >&2
+  exit 2
+fi
+
+NUM_NODES=${NUM_NODES:-1}
+NODE_RANK=${NODE_RANK:-0}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
-MASTER_ADDR=${MASTER_ADDR:-$(scontrol show hostnames "${SLURM_JOB_NODELIST:-localhost}" 2>/dev/null | head -n 1 || echo localhost)}
 MASTER_PORT=${MASTER_PORT:-29500}
-DS_CONFIG=${DS_CONFIG:-launch/deepspeed/zero2.json}
-exec accelerate launch \
-  --use_deepspeed --deepspeed_config_file "$DS_CONFIG" \
-  --num_machines "$NUM_NODES" --machine_rank "$NODE_RANK" \
-  --num_processes $((NUM_NODES * GPUS_PER_NODE)) \
-  --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT" \
-  --mixed_precision bf16 \
-  "$@"
+if [ "$NUM_NODES" -gt 1 ] && [ -z "${MASTER_ADDR:-}" ]; then
+  # Every node must reach the same rendezvous; a per-node default would start NUM_NODES separate runs.
+  echo "launch/multi_node.sh: MASTER_ADDR is required with NUM_NODES=$NUM_NODES (node 0's address)" >&2
+  exit 2
+fi
+MASTER_ADDR=${MASTER_ADDR:-localhost}
+
+# The config file keeps accelerate from reading the user's default config (it could name another
+# engine); the flags after it override its single-node machine and process counts.
+cmd=(accelerate launch --config_file "$engine"
+  --num_machines "$NUM_NODES" --machine_rank "$NODE_RANK" --num_processes $((NUM_NODES * GPUS_PER_NODE))
+  --main_process_ip "$MASTER_ADDR" --main_process_port "$MASTER_PORT"
+  "$script" "$@")
+
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  printf -v line '%q ' "${cmd[@]}"
+  echo "${line% }"
+else
+  exec "${cmd[@]}"
+fi

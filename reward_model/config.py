@@ -114,6 +114,12 @@ class RewardConfig(RunSettings):
         if self.model.backbone != "tiny" and not is_hub_id(self.model.backbone):
             require_local(self.model.backbone, "model.backbone", "folder")
 
+    def batch_arithmetic(self, num_processes: int) -> str:
+        """Pairs per optimizer step over the launch (printed at start)."""
+        t, processes = self.train, f"{num_processes} process{'es' * (num_processes != 1)}"
+        return (f"batch: train.batch_size={t.batch_size} x train.grad_accum_steps={t.grad_accum_steps} x {processes} = "
+                f"{t.batch_size * t.grad_accum_steps * num_processes} pairs per optimizer step")
+
 
 def _validate_data(d: DataConfig) -> None:
     manifests = [d.train_manifest, d.val_manifest, d.test_manifest]

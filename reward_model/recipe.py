@@ -151,6 +151,7 @@ class RewardRecipe(Recipe):
         cfg.validate_inputs()  # the manifests and backbone exist, before the accelerator or any model starts
         self.accelerator = accelerator = make_accelerator(
             cfg.train.mixed_precision, cfg.train.grad_accum_steps, engines=(DistributedType.DEEPSPEED,))
+        accelerator.print(cfg.batch_arithmetic(accelerator.num_processes))
         set_seed(cfg.train.seed)
         self.splits = load_splits(cfg.data, accelerator)
         model = build_model_for_training(cfg, accelerator)

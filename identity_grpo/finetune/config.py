@@ -95,3 +95,8 @@ def validate_world(d: DataConfig) -> None:
     require_at_least("data.world", w, 0, "num_heldout")
     if not w.num_people or any(not 1 <= n <= 4 for n in w.num_people):
         raise ConfigError(f"data.world.num_people: values in [1, 4], got {w.num_people}")
+
+
+def largest_divisor_at_most(n: int, cap: int) -> int:
+    """The largest d <= cap dividing n (1 at worst): the biggest per-process batch that splits n evenly."""
+    return next(d for d in range(min(n, cap), 0, -1) if n % d == 0)

@@ -103,6 +103,7 @@ class FinetuneRecipe(Recipe):
         self.validate_inputs()
         self.accelerator = accelerator = make_accelerator(t.mixed_precision)
         cfg.validate_processes(accelerator.num_processes)
+        accelerator.print(cfg.batch_arithmetic(accelerator.num_processes))
         set_seed(t.seed)  # before the LoRA is attached: its initial values follow the seed
         self.train_records, self.eval_records, hook = load_prompts(cfg.data, accelerator, self.evaluate_fn)
         if self.generator is None:

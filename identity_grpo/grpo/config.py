@@ -16,8 +16,8 @@ from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_positive
 from identity_grpo.core.sections import RunSettings
-from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs, validate_lora,
-                                          validate_sampling, validate_world)
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs,
+                                          largest_divisor_at_most, validate_lora, validate_sampling, validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
 from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
@@ -102,19 +102,55 @@ class GrpoConfig(RunSettings):
         check_manifest_inputs(self.data, self.train.eval_every)
 
     def validate_processes(self, num_processes: int) -> None:
-        """The per-step batch must split evenly over processes and sampling batches."""
+        """The per-step batch must split evenly over processes and sampling batches; an error names
+        the overrides that would make this launch pass (processes_fixes)."""
         t = self.train
         per_launch = t.sample_batch_size * num_processes
         if t.samples_per_step % per_launch:
             raise ConfigError(
                 f"train.prompts_per_step * train.group_size (= {t.samples_per_step}) must be divisible by "
-                f"train.sample_batch_size * num_processes (= {t.sample_batch_size} * {num_processes})"
+                f"train.sample_batch_size * num_processes (= {t.sample_batch_size} * {num_processes}); "
+                f"{self.processes_fixes(num_processes)}"
             )
         local = t.samples_per_step // num_processes
         if t.updates_per_epoch > local:
             raise ConfigError(
-                f"train.updates_per_epoch ({t.updates_per_epoch}) exceeds the samples per process ({local})"
+                f"train.updates_per_epoch ({t.updates_per_epoch}) exceeds the samples per process ({local}); "
+                f"{self.processes_fixes(num_processes)}"
             )
+
+    def processes_fixes(self, num_processes: int) -> str:
+        """The overrides that make validate_processes pass on num_processes: the same samples per step
+        in smaller sampling batches (when the processes divide them), or more prompts per step."""
+        t = self.train
+        fixes = []
+        if t.samples_per_step % num_processes == 0:
+            local = t.samples_per_step // num_processes
+            batch = largest_divisor_at_most(local, t.sample_batch_size)
+            same = [f"train.sample_batch_size={batch}"] if batch != t.sample_batch_size else []
+            if t.updates_per_epoch > local:
+                same.append(f"train.updates_per_epoch={local}")
+            fixes.append(f"{' '.join(same)} (the same {t.samples_per_step} samples per step, {local} per process)")
+        prompts = t.prompts_per_step + 1
+        while ((prompts * t.group_size) % (t.sample_batch_size * num_processes)
+               or prompts * t.group_size // num_processes < t.updates_per_epoch):
+            prompts += 1
+        fixes.append(f"train.prompts_per_step={prompts} ({prompts * t.group_size} samples per step)")
+        return f"on {num_processes} process{'es' * (num_processes != 1)} use " + ", or ".join(fixes)
+
+    def batch_arithmetic(self, num_processes: int) -> str:
+        """How one step's samples split over processes, sampling forwards and updates (printed at start)."""
+        t, processes = self.train, f"{num_processes} process{'es' * (num_processes != 1)}"
+        local = t.samples_per_step // num_processes
+        updates = t.inner_epochs * t.updates_per_epoch
+        low, extra = divmod(local, t.updates_per_epoch)  # split_for_updates: near-equal chunks
+        chunk = f"{low}-{low + 1}" if extra else f"{low}"
+        return (f"batch: train.prompts_per_step={t.prompts_per_step} x train.group_size={t.group_size} = "
+                f"{t.samples_per_step} samples per step; / {processes} = {local} per process; "
+                f"/ train.sample_batch_size={t.sample_batch_size} = {-(-local // t.sample_batch_size)} sampling "
+                f"forwards per process; train.inner_epochs={t.inner_epochs} x train.updates_per_epoch="
+                f"{t.updates_per_epoch} = {updates} updates per step, each on {chunk} samples per process in "
+                f"micro-batches of at most train.train_batch_size={t.train_batch_size}")
 
 
 def _validate_sampling(s: SamplingConfig) -> None:

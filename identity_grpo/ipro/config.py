@@ -19,8 +19,8 @@ from typing import Literal
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
 from identity_grpo.core.sections import RunSettings
 from identity_grpo.faces.analyzer import FaceAnalyzerConfig
-from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs, validate_lora,
-                                          validate_sampling, validate_world)
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs,
+                                          largest_divisor_at_most, validate_lora, validate_sampling, validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
 from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
@@ -123,10 +123,33 @@ class IproConfig(RunSettings):
         check_manifest_inputs(d, self.train.eval_every)
 
     def validate_processes(self, num_processes: int) -> None:
+        """train.batch_size must split into micro-batches over processes; an error names the
+        overrides that would make this launch pass (processes_fixes)."""
         t = self.train
         if t.batch_size % (t.micro_batch_size * num_processes):
             raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size * "
-                              f"num_processes (= {t.micro_batch_size} * {num_processes})")
+                              f"num_processes (= {t.micro_batch_size} * {num_processes}); "
+                              f"{self.processes_fixes(num_processes)}")
+
+    def processes_fixes(self, num_processes: int) -> str:
+        """The overrides that make validate_processes pass on num_processes: the same batch in smaller
+        micro-batches (when the processes divide it), or the next batch size that splits."""
+        t = self.train
+        fixes = []
+        if t.batch_size % num_processes == 0:
+            local = t.batch_size // num_processes
+            fixes.append(f"train.micro_batch_size={largest_divisor_at_most(local, t.micro_batch_size)} "
+                         f"(the same batch of {t.batch_size}, {local} per process)")
+        split = t.micro_batch_size * num_processes
+        fixes.append(f"train.batch_size={(t.batch_size // split + 1) * split}")
+        return f"on {num_processes} process{'es' * (num_processes != 1)} use " + ", or ".join(fixes)
+
+    def batch_arithmetic(self, num_processes: int) -> str:
+        """How the optimizer step's samples split over processes and accumulation (printed at start)."""
+        t, processes = self.train, f"{num_processes} process{'es' * (num_processes != 1)}"
+        accumulation = t.batch_size // (num_processes * t.micro_batch_size)
+        return (f"batch: train.batch_size={t.batch_size} = {processes} x train.micro_batch_size={t.micro_batch_size} "
+                f"x {accumulation} accumulated forwards (samples per optimizer step)")
 
 
 def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
