@@ -81,8 +81,9 @@ def checkpoint_folders(output_dir: str | Path) -> list[Path]:
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, parts: dict[str, Any],
                     run_state: dict, keep: int = 2) -> Path:
-    """Write a complete checkpoint of `parts` (Stateful: written by the main process; FolderState:
-    by every process) and every process's RNG; then delete complete ones beyond the newest `keep`."""
+    """Write a complete checkpoint of `parts` (Stateful: its state_dict taken on every process and
+    written by the main one; FolderState: written by every process) and every process's RNG; then
+    delete complete ones beyond the newest `keep`."""
     root = Path(output_dir) / CHECKPOINTS
     final = root / f"step_{step:08d}"
     tmp = final.with_name(final.name + ".tmp")
@@ -94,8 +95,10 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, parts: dict[
     for name, part in parts.items():
         if hasattr(part, "save_to"):
             part.save_to(tmp / name)
-        elif accelerator.is_main_process:
-            save_tree(tmp / name, part.state_dict())
+            continue
+        state = part.state_dict()  # on every process: a sharded part gathers its whole state here
+        if accelerator.is_main_process:
+            save_tree(tmp / name, state)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / f"{STATE}.json").write_text(json.dumps(run_state, indent=2))

@@ -268,8 +268,9 @@ class Recipe:
         """Every trained tensor is finite on every process, or the run failed: no evaluation or
         export is ever made from non-finite weights."""
         # Under DeepSpeed ZeRO-3 a parameter's own data is empty; this process's shard is ds_tensor.
+        # A sharded (FSDP) tensor is checked by its local shard: every process checks its own.
         bad = [name for name, value in self.trainable_parameters().items()
-               if not is_finite(getattr(value, "ds_tensor", value))]
+               if not is_finite(value.to_local() if hasattr(value, "to_local") else getattr(value, "ds_tensor", value))]
         if any_process(self.accelerator, bool(bad)):
             where = f"{len(bad)} trained tensors, e.g. {bad[0]}" if bad else "trained tensors on another process"
             raise RunFailed(f"run failed after step {self.state.step}: non-finite values in {where}; nothing exported")

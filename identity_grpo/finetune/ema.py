@@ -13,6 +13,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from identity_grpo.finetune.sharding import distribute, full
+
 
 class ParameterEMA:
     def __init__(self, parameters: Sequence[torch.nn.Parameter], decay: float, warmup: bool = True):
@@ -52,11 +54,12 @@ class ParameterEMA:
                     param.copy_(saved)
 
     def state_dict(self) -> dict:
-        return {"shadow": [s.cpu() for s in self.shadow], "num_updates": self.num_updates, "decay": self.decay}
+        """Whole averages (gathered from the shards of a sharded LoRA: call it on every process)."""
+        return {"shadow": [full(s).cpu() for s in self.shadow], "num_updates": self.num_updates, "decay": self.decay}
 
     def load_state_dict(self, state: dict) -> None:
         shadow = state["shadow"]
         if len(shadow) != len(self.shadow) or any(a.shape != b.shape for a, b in zip(shadow, self.shadow)):
             raise ValueError("ema.ParameterEMA.load_state_dict: the saved averages do not fit these parameters")
-        self.shadow = [s.to(device=p.device, dtype=torch.float32).clone() for s, p in zip(shadow, self.parameters)]
+        self.shadow = [distribute(s.float(), like).clone() for s, like in zip(shadow, self.shadow)]
         self.num_updates = int(state["num_updates"])

@@ -35,6 +35,7 @@ from identity_grpo.core.video import VideoReadError
 from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.finetune.batches import SampleSlot, sampling_batches
 from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sharding import pad_batches
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.rewards.registry import WeightedRewards
 
@@ -92,13 +93,15 @@ def evaluation_sampler_rng(seed: int, first_prompt_index: int) -> torch.Generato
 class Evaluator:
     def __init__(self, accelerator: Accelerator, generator: Generator, records: list[PromptRecord],
                  rewards: WeightedRewards, evaluate_fn: EvaluateFn | None, sampling, seed: int,
-                 weights: Callable[[], AbstractContextManager], logger: RunLogger, output_dir: Path, num_steps: int):
+                 weights: Callable[[], AbstractContextManager], logger: RunLogger, output_dir: Path, num_steps: int,
+                 sharded: bool = False):
         """generator: the evaluation view (evaluation resolution); sampling: the config's sampling
         section (eval_steps, eval_noise, eval_batch_size, grid_prompts); weights: a context that puts
-        the evaluation weights in place; num_steps: the run's last step (its grid gets before | after)."""
+        the evaluation weights in place; num_steps: the run's last step (its grid gets before | after);
+        sharded: the generator's transformer is FSDP-sharded (batches padded to equal counts)."""
         self.accelerator, self.generator, self.records = accelerator, generator, records
         self.rewards, self.evaluate_fn, self.sampling, self.seed = rewards, evaluate_fn, sampling, seed
-        self.weights, self.logger, self.num_steps = weights, logger, num_steps
+        self.weights, self.logger, self.num_steps, self.sharded = weights, logger, num_steps, sharded
         self.samples_dir = Path(output_dir) / "samples"
         self.usable, self.skipped = readable_prompts(records)
 
@@ -113,9 +116,16 @@ class Evaluator:
         counts = [len(r.references) for r in self.records]
         results: list[tuple[int, dict[str, float], str | None]] = []
         shown: list[tuple[int, torch.Tensor]] = []  # (prompt index, clip [T, H, W, 3]) for the grid
+        batches = sampling_batches([SampleSlot(i, i) for i in indices], counts, self.sampling.eval_batch_size)
+        real = len(batches)
+        if self.sharded:  # every process runs as many (collective) forwards; the padding's clips are dropped
+            batches, real = pad_batches(accelerator, batches, batches[-1] if batches else [SampleSlot(0, 0)])
         with self.weights():
-            for batch in sampling_batches([SampleSlot(i, i) for i in indices], counts, self.sampling.eval_batch_size):
+            for number, batch in enumerate(batches):
                 batch_indices = [slot.prompt_index for slot in batch]
+                if number >= real:
+                    self.generate(batch_indices)
+                    continue
                 batch_results, videos = self.evaluate_batch(batch_indices, step)
                 results += batch_results
                 shown += list(zip(batch_indices, videos))[: self.sampling.grid_prompts - len(shown)]
@@ -139,16 +149,10 @@ class Evaluator:
                                                                      torch.Tensor]:
         """Per prompt of the batch, its finite metrics and what was non-finite ("clip", "reward" or
         None); and the clips [B, T, H, W, 3] on the CPU."""
-        gen, s = self.generator, self.sampling
         records = [self.records[i] for i in indices]
         references = [r.load_references() for r in records]
         prompts = [r.prompt for r in records]
-        conds = gen.encode_conditions(prompts, references)
-        noise = held_out_noise(gen, conds, self.seed, indices)
-        with self.accelerator.autocast():
-            trajectory = sample_with_log_probs(gen, conds, gen.sigmas(s.eval_steps), s.eval_noise,
-                                               evaluation_sampler_rng(self.seed, indices[0]), initial_noise=noise)
-        videos = gen.decode(trajectory.final_latents)
+        videos = self.generate(indices, prompts, references)
         total, per_reward = self.rewards(videos, references, prompts, records=records)
         metrics = {"reward": total, **{f"reward/{name}": value for name, value in per_reward.items()}}
         if self.evaluate_fn is not None:
@@ -166,6 +170,20 @@ class Evaluator:
             values = {name: float(value[j]) for name, value in metrics.items() if math.isfinite(float(value[j]))}
             per_prompt.append((i, values, None if "reward" in values else "reward"))
         return per_prompt, videos.cpu()
+
+    def generate(self, indices: list[int], prompts: list[str] | None = None,
+                 references: list | None = None) -> torch.Tensor:
+        """The held-out prompts' clips [B, T, H, W, 3] from their fixed noise."""
+        gen, s = self.generator, self.sampling
+        if prompts is None:
+            prompts = [self.records[i].prompt for i in indices]
+            references = [self.records[i].load_references() for i in indices]
+        conds = gen.encode_conditions(prompts, references)
+        noise = held_out_noise(gen, conds, self.seed, indices)
+        with self.accelerator.autocast():
+            trajectory = sample_with_log_probs(gen, conds, gen.sigmas(s.eval_steps), s.eval_noise,
+                                               evaluation_sampler_rng(self.seed, indices[0]), initial_noise=noise)
+        return gen.decode(trajectory.final_latents)
 
     def save_samples(self, step: int, shown: list[tuple[int, torch.Tensor]]) -> None:
         """samples/step_NNNNN.{mp4,gif,png}: references | this evaluation's clips; after the last step

@@ -28,6 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load, save_file
 
 from identity_grpo.finetune.config import LoraSettings
+from identity_grpo.finetune.sharding import distribute, full, is_sharded
 
 ADAPTER = "default"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name
@@ -85,32 +86,43 @@ def adapter_disabled(module: torch.nn.Module) -> Iterator[None]:
 
 
 def lora_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """{"blocks.0.attn1.to_q.lora_A.weight": tensor, ...} (peft naming, no adapter name), on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(module, adapter_name=ADAPTER).items()}
+    """{"blocks.0.attn1.to_q.lora_A.weight": tensor, ...} (peft naming, no adapter name), whole, on
+    the CPU. For a sharded module this gathers the shards: call it on every process."""
+    state = get_peft_model_state_dict(module, adapter_name=ADAPTER)
+    return {k: full(v).detach().cpu().clone() for k, v in state.items()}
 
 
 def load_lora_state_dict(module: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Put saved adapter weights back (every key must fit; dtype of the live parameters is kept)."""
-    expected = set(get_peft_model_state_dict(module, adapter_name=ADAPTER))
-    if set(state) != expected:
-        missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    """Put saved adapter weights back (every key must fit; dtype of the live parameters is kept; a
+    sharded module takes each whole tensor's shard)."""
+    live = get_peft_model_state_dict(module, adapter_name=ADAPTER)
+    if set(state) != set(live):
+        missing, unexpected = sorted(set(live) - set(state)), sorted(set(state) - set(live))
         raise ValueError(f"lora.load_lora_state_dict: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    if any(is_sharded(v) for v in live.values()):
+        params = {n: p for n, p in module.named_parameters() if "lora_" in n}
+        with torch.no_grad():
+            for name, param in params.items():  # peft's names lack the adapter: "...lora_A.default.weight"
+                param.copy_(distribute(state[name.replace(f".{ADAPTER}.", ".")], param))
+        return
     result = set_peft_model_state_dict(module, state, adapter_name=ADAPTER)
     if getattr(result, "unexpected_keys", None):
         raise ValueError(f"lora.load_lora_state_dict: keys not loaded: {result.unexpected_keys[:3]}")
 
 
-def export_lora(module: torch.nn.Module, directory: str | Path, component: str) -> Path:
+def export_lora(module: torch.nn.Module, directory: str | Path, component: str,
+                state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write `directory/pytorch_lora_weights.safetensors` for the Wan pipelines' `load_lora_weights`;
     `component` is the module's name in the pipeline (`generator.trainable_module_name()`), kept in
-    the file's header. Returns the file's path."""
+    the file's header; `state`: the weights, when gathered already (lora_state_dict). Returns the
+    file's path."""
     if component not in LOAD_KEYWORDS:
         raise ValueError(f"lora.export_lora: diffusers' Wan pipelines load a LoRA onto {sorted(LOAD_KEYWORDS)}, "
                          f"not {component!r}")
     directory = Path(directory)
     WanLoraLoaderMixin.save_lora_weights(
         directory,
-        transformer_lora_layers=lora_state_dict(module),
+        transformer_lora_layers=lora_state_dict(module) if state is None else state,
         transformer_lora_adapter_metadata=module.peft_config[ADAPTER].to_dict(),
         safe_serialization=True,
     )
@@ -144,8 +156,8 @@ def loading_instructions(directory: str | Path) -> str:
 
 
 class LoraCheckpoint:
-    """The adapter weights as an object accelerate saves with `register_for_checkpointing`
-    (the frozen base model is never written into a training checkpoint)."""
+    """The adapter weights as a checkpoint part (the frozen base model is never written into a
+    training checkpoint); whole tensors on disk, sharded or not in memory."""
 
     def __init__(self, module: torch.nn.Module):
         self.module = module

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from identity_grpo.finetune.ema import ParameterEMA
+from identity_grpo.finetune.sharding import is_sharded
 from identity_grpo.generators.base import Generator
 
 
@@ -20,6 +21,7 @@ class Policy:
     params: list[torch.nn.Parameter]  # the adapter's parameters, float32
     optimizer: torch.optim.Optimizer
     ema: ParameterEMA | None
+    sharded: bool = False  # the transformer is FSDP-sharded: forwards are collectives (finetune/sharding.py)
 
     def ema_weights(self):
         """A context in which the LoRA holds its EMA (the raw weights when there is no EMA)."""
@@ -29,8 +31,8 @@ class Policy:
 def average_gradients(accelerator, params: list[torch.nn.Parameter]) -> None:
     """Sum the (already 1/total-scaled) gradients over processes in one flat all-reduce; a process
     with nothing to train contributes zeros."""
-    if accelerator.num_processes == 1:
-        return
+    if accelerator.num_processes == 1 or any(is_sharded(p) for p in params):
+        return  # one process, or FSDP: its reduce-scatter already summed them
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), "sum")
     for param, part in zip(params, flat.split([g.numel() for g in grads])):

@@ -27,7 +27,10 @@ from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelera
 from identity_grpo.finetune.batches import GroupSampler
 from identity_grpo.finetune.config import DataConfig
 from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
-from identity_grpo.finetune.lora import LoraCheckpoint, attach_lora, export_lora, loading_instructions
+from identity_grpo.finetune.lora import (LoraCheckpoint, attach_lora, export_lora, lora_parameters, lora_state_dict,
+                                         loading_instructions)
+from identity_grpo.finetune.sharding import OptimizerState, shard_transformer
+from identity_grpo.generators.config import DTYPES
 from identity_grpo.finetune.policy import Policy
 from identity_grpo.finetune.run_metrics import summarize, summary_table
 from identity_grpo.generators.base import Generator, at_resolution
@@ -113,9 +116,13 @@ class FinetuneRecipe(Recipe):
         params = attach_lora(transformer, cfg.lora)
         if t.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        sharded = t.sharding == "fsdp"
+        if sharded:
+            shard_transformer(transformer, DTYPES[cfg.generator.dtype])
+            params = lora_parameters(transformer)  # sharding replaced every parameter with its shard
         transformer.eval()
         optimizer = accelerator.prepare(self.make_optimizer(params))
-        self.policy = Policy(self.policy_view(), transformer, params, optimizer, self.make_ema(params))
+        self.policy = Policy(self.policy_view(), transformer, params, optimizer, self.make_ema(params), sharded)
         group_size, groups = self.sampler_shape()
         self.sampler = GroupSampler(len(self.train_records), group_size, groups, accelerator.num_processes,
                                     accelerator.process_index, t.seed)
@@ -124,10 +131,11 @@ class FinetuneRecipe(Recipe):
         self.evaluator = Evaluator(
             accelerator, at_resolution(self.generator, s.eval_height, s.eval_width, s.eval_num_frames),
             self.eval_records, self.evaluation_rewards(), self.evaluation_hook(hook), s, t.seed,
-            self.policy.ema_weights, self.logger, self.output_dir, t.num_steps)
+            self.policy.ema_weights, self.logger, self.output_dir, t.num_steps, sharded)
 
     def checkpoint_parts(self) -> dict[str, object]:
-        parts = {"lora": LoraCheckpoint(self.policy.transformer), "optimizer": self.policy.optimizer}
+        parts = {"lora": LoraCheckpoint(self.policy.transformer),
+                 "optimizer": OptimizerState(self.policy.transformer, self.policy.optimizer, self.policy.sharded)}
         if self.policy.ema is not None:
             parts["ema"] = self.policy.ema
         return parts
@@ -148,9 +156,15 @@ class FinetuneRecipe(Recipe):
 
     def on_save(self) -> None:
         """The LoRA a pipeline can load (evaluation weights), beside every saved state."""
+        self.write_lora(self.output_dir / "lora")
+
+    def write_lora(self, folder: Path) -> None:
+        """The LoRA with the evaluation weights in diffusers naming; every process gathers (a sharded
+        LoRA is a collective), the main one writes."""
+        with self.policy.ema_weights():
+            state = lora_state_dict(self.policy.transformer)
         if self.accelerator.is_main_process:
-            with self.policy.ema_weights():
-                export_lora(self.policy.transformer, self.output_dir / "lora", self.generator.trainable_module_name())
+            export_lora(self.policy.transformer, folder, self.generator.trainable_module_name(), state)
 
     # --- finish -----------------------------------------------------------------------------
     def trainable_parameters(self) -> dict[str, torch.Tensor]:
@@ -172,9 +186,8 @@ class FinetuneRecipe(Recipe):
 
     def export(self, final_dir: Path) -> None:
         """final/: the LoRA (evaluation weights, diffusers naming) and the config."""
+        self.write_lora(final_dir)
         if self.accelerator.is_main_process:
-            with self.policy.ema_weights():
-                export_lora(self.policy.transformer, final_dir, self.generator.trainable_module_name())
             save_config(self.cfg, final_dir / f"{self.method.lower()}_config.yaml")
 
     def summary(self, metrics: dict) -> str:

@@ -58,6 +58,9 @@ class TrainSettings:
     cfg_in_training: bool = True  # False: training forwards skip guidance (then the ratio starts != 1)
     skip_zero_advantage: bool = True  # samples of zero-std groups carry no policy gradient
     gradient_checkpointing: bool = False
+    # fsdp: the generator transformer, its LoRA and optimizer state sharded over the processes
+    # (finetune/sharding.py); none: every process holds all of them
+    sharding: Literal["none", "fsdp"] = "none"
     eval_every: int = 0  # iterations; 0: evaluate only before and after training
     save_every: int = 0  # iterations; 0: save only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back

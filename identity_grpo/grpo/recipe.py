@@ -27,6 +27,7 @@ from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.ema import ParameterEMA
 from identity_grpo.finetune.evaluation import EvaluateFn
 from identity_grpo.finetune.recipe import FinetuneRecipe
+from identity_grpo.finetune.sharding import pad_batches
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import sample_with_log_probs
 from identity_grpo.generators.base import Generator
@@ -118,7 +119,10 @@ class GrpoRecipe(FinetuneRecipe):
         by_count: dict[int, list[Rollout]] = {}
         values: dict[str, list[torch.Tensor]] = {}
         bad_clips = []
-        for batch in sampling_batches(self.sampler.slots(step), counts, cfg.train.sample_batch_size):
+        batches, real = sampling_batches(self.sampler.slots(step), counts, cfg.train.sample_batch_size), None
+        if self.policy.sharded:  # every process runs as many (collective) forwards; the padding is dropped
+            batches, real = pad_batches(self.accelerator, batches, batches[-1])
+        for index, batch in enumerate(batches):
             records = [self.train_records[slot.prompt_index] for slot in batch]
             references = [r.load_references() for r in records]
             prompts = [r.prompt for r in records]
@@ -126,6 +130,8 @@ class GrpoRecipe(FinetuneRecipe):
                 conds = gen.encode_conditions(prompts, references)
                 with self.accelerator.autocast():  # as in the update's forwards, so the log-probs match
                     trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng)
+                if real is not None and index >= real:
+                    continue
                 videos = gen.decode(trajectory.final_latents)
             total, per_reward = self.rewards(videos, references, prompts, records=records)
             bad = ~(finite_samples(trajectory.latents) & finite_samples(videos)).cpu()

@@ -5,7 +5,9 @@ Gradients are averaged over every trained (sample, step) pair of all processes: 
 scaled by its share of the global count and the LoRA gradients are summed over processes by hand.
 The count may differ per process (zero-advantage samples are skipped and reference counts are
 bucketed), which a DDP wrapper could not take; the LoRA gradients are small, so one all-reduce per
-optimizer step costs little. The result equals one process doing all the work.
+optimizer step costs little. The result equals one process doing all the work. A sharded (FSDP)
+policy sums the gradients in its reduce-scatter instead, and pads every process's micro-batches to
+the same count (finetune/sharding.py).
 
 Samples whose advantage is NaN (dropped for a non-finite reward or clip) never reach the loss. A
 non-finite loss or gradient on any process skips the optimizer step (and the EMA update) and ends
@@ -19,6 +21,7 @@ from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
 from identity_grpo.grpo.config import TrainSettings
 from identity_grpo.finetune.lora import adapter_disabled
 from identity_grpo.finetune.policy import Policy, average_gradients
+from identity_grpo.finetune.sharding import full, pad_batches
 from identity_grpo.grpo.loss import grpo_step_loss
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import recompute_log_prob
@@ -70,29 +73,38 @@ def transition_loss(
 
 
 def optimizer_step(
-    accelerator, policy: Policy, batches: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator
+    accelerator, policy: Policy, batches: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator,
+    filler: Rollout | None = None,
 ) -> dict[str, float]:
     """Accumulate the loss over every micro-batch and trained step, average the gradients over
     processes, clip, step. Returns statistics of the whole (all-process) step; raises NonFiniteStep
-    (nothing applied) if a loss or the gradient is non-finite on any process."""
+    (nothing applied) if a loss or the gradient is non-finite on any process. `filler`: a sample a
+    sharded policy runs (weighing 0) when this process has nothing to train but others do."""
     plans = [(batch, batch.train_steps(settings.timestep_fraction, rng)) for batch in batches]
     local_pairs = sum(steps.numel() for _, steps in plans)
     total_pairs = int(accelerator.reduce(torch.tensor(float(local_pairs), device=accelerator.device), "sum"))
     if total_pairs == 0:  # every group had zero spread on every process: nothing to learn from
         return {"skipped_updates": 1.0}
+    real = len(plans)
+    if policy.sharded:  # as many (collective) forwards and backwards as the busiest process; padding weighs 0
+        plans, real = pad_batches(accelerator, plans, plans[-1] if plans else (filler, filler.train_steps(
+            settings.timestep_fraction, rng)))
     sums = torch.zeros(len(STAT_NAMES), device=accelerator.device)
     max_ratio_error = torch.zeros((), device=accelerator.device)
     losses = []
-    for batch, steps in plans:
+    for index, (batch, steps) in enumerate(plans):
+        weight = batch.batch_size / total_pairs if index < real else 0.0
         for k in range(steps.shape[1]):
             with accelerator.autocast():
                 loss, stats = transition_loss(policy, batch, steps[:, k], noise_schedule, settings)
-            accelerator.backward(loss * (batch.batch_size / total_pairs))
+            accelerator.backward(loss * weight)
+            if index >= real:
+                continue
             losses.append(loss.detach().float())
             sums += torch.stack([stats[name].float() for name in STAT_NAMES]) * batch.batch_size
             max_ratio_error = torch.maximum(max_ratio_error, stats["max_abs_log_ratio"].float())
     average_gradients(accelerator, policy.params)
-    grad_norm = accelerator.clip_grad_norm_(policy.params, settings.max_grad_norm)
+    grad_norm = full(accelerator.clip_grad_norm_(policy.params, settings.max_grad_norm))
     checked = {"loss": torch.stack(losses) if losses else None, "gradient": grad_norm}
     bad = first_non_finite(accelerator, checked)
     if bad is not None:
@@ -124,7 +136,8 @@ def update_phase(
         for _ in range(settings.inner_epochs):
             for chunk in split_for_updates(num_samples, settings.updates_per_epoch, rng):
                 batches = micro_batches(rollouts, chunk, settings.train_batch_size, settings.skip_zero_advantage)
-                history.append(optimizer_step(accelerator, policy, batches, noise_schedule, settings, rng))
+                history.append(optimizer_step(accelerator, policy, batches, noise_schedule, settings, rng,
+                                              filler=rollouts[0].select([0])))
     finally:
         policy.transformer.eval()
     done = [h for h in history if not h["skipped_updates"]]

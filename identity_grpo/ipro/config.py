@@ -69,6 +69,7 @@ class IproTrainSettings:
     kl_step_weights: list[float] = field(default_factory=list)
     decoder_checkpointing: bool = True  # recompute the VAE decoder in backward instead of storing it
     gradient_checkpointing: bool = False  # the same for the transformer blocks
+    sharding: Literal["none", "fsdp"] = "none"  # fsdp: the transformer, LoRA and Adam state sharded (finetune/sharding.py)
     eval_every: int = 0  # steps; 0: evaluate only before and after training
     save_every: int = 0  # steps; 0: save only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back

@@ -25,6 +25,7 @@ from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.evaluation import EvaluateFn
 from identity_grpo.finetune.policy import average_gradients
 from identity_grpo.finetune.recipe import FinetuneRecipe
+from identity_grpo.finetune.sharding import full, pad_batches
 from identity_grpo.generators.base import Generator
 from identity_grpo.ipro.config import IproConfig
 from identity_grpo.ipro.face_reward import FaceReward, build_face_reward, with_face_reward
@@ -85,7 +86,11 @@ class IproRecipe(FinetuneRecipe):
         checked: dict[str, list[torch.Tensor]] = {"clip": [], "reward": [], "kl": [], "loss": []}
         started = time.perf_counter()
         policy.transformer.train()
-        for batch in sampling_batches(self.sampler.slots(step), counts, t.micro_batch_size):
+        batches, real = sampling_batches(self.sampler.slots(step), counts, t.micro_batch_size), None
+        if policy.sharded:  # every process runs as many (collective) forwards and backwards; padding weighs 0
+            batches, real = pad_batches(accelerator, batches, batches[-1])
+        for index, batch in enumerate(batches):
+            padding = real is not None and index >= real
             records = [self.train_records[slot.prompt_index] for slot in batch]
             with torch.no_grad():
                 conds = gen.encode_conditions([r.prompt for r in records], [r.load_references() for r in records])
@@ -96,7 +101,9 @@ class IproRecipe(FinetuneRecipe):
                 videos = decode(gen, sample.latents, t.decoder_checkpointing)
             reward = self.face_reward(videos, records).to(accelerator.device)
             losses = t.reward_weight * -reward + t.kl_weight * sample.kl
-            accelerator.backward(losses.sum() / t.batch_size)  # the mean over the whole step's samples
+            accelerator.backward(losses.sum() * 0.0 if padding else losses.sum() / t.batch_size)  # the step's mean
+            if padding:
+                continue
             sums += torch.stack([reward.sum(), sample.kl.sum(), losses.sum()]).detach()
             # Per clip 0, or NaN when it has a NaN/inf pixel: the check counts clips, not pixels.
             checked["clip"].append(torch.where(finite_samples(videos), 0.0, float("nan")))
@@ -105,7 +112,7 @@ class IproRecipe(FinetuneRecipe):
             step_kl += sample.step_kl.sum(dim=0)
         policy.transformer.eval()
         average_gradients(accelerator, policy.params)  # summed over processes: each loss was already / batch_size
-        grad_norm = accelerator.clip_grad_norm_(policy.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf"))
+        grad_norm = full(accelerator.clip_grad_norm_(policy.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")))
         values = {**{name: torch.cat(parts) for name, parts in checked.items()}, "gradient": grad_norm}
         bad = first_non_finite(accelerator, values)
         if bad is not None:

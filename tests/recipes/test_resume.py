@@ -36,7 +36,8 @@ def command(kind: str, data: Path, out: Path) -> list[str]:
     return [sys.executable, str(DRIVER), kind, str(data), str(out)]
 
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+       "PYTHONPATH": str(Path(__file__).resolve().parents[2])}  # this checkout, whatever the venv points at
 
 
 def run_to_end(kind, data, out):
