@@ -14,8 +14,8 @@ if [ $# -gt 0 ]; then shift; fi
 # The engine of each stage: an accelerate config, the one place to change it. The trainers refuse
 # an engine they do not support (identity_grpo/core/recipe.py, make_accelerator's `engines`):
 #   reward: DeepSpeed ZeRO-2 (launch/deepspeed/zero2.json) shards optimizer state and gradients.
-#   grpo, ipro: plain data parallel; they refuse DeepSpeed and FSDP. launch/accelerate/fsdp2.yaml
-#     is ready for them but must not be used until their make_accelerator accepts FSDP.
+#   grpo, ipro: plain multi-GPU processes; the generator transformer is sharded by the trainer itself
+#     (FSDP2, torch's fully_shard) when the experiment config says train.sharding: fsdp.
 case "$stage" in
   reward) script=train_reward.py; engine=launch/accelerate/multi_gpu_zero2.yaml ;;
   grpo) script=train_grpo.py; engine=launch/accelerate/multi_gpu.yaml ;;
