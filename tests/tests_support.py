@@ -35,3 +35,20 @@ def save_backbone(directory: str | Path, backbone, tokenizer, vision) -> None:
     backbone.save_pretrained(out)
     tokenizer.save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps(vision.to_processor_config(), indent=2))
+
+
+def write_prompt_manifests(root: Path, image_size: tuple[int, int] = (24, 16)) -> Path:
+    """train.jsonl (3 prompts, one and two references: the sampler must keep the counts in separate
+    batches) and eval.jsonl (the first 2) in `root`, with seeded random reference images."""
+    import numpy as np
+    import PIL.Image
+
+    rng = np.random.RandomState(0)
+    for i in range(3):
+        PIL.Image.fromarray(rng.randint(0, 256, (*image_size, 3), dtype=np.uint8)).save(root / f"ref{i}.png")
+    rows = [{"prompt": "two people talk", "references": ["ref0.png", "ref1.png"]},
+            {"prompt": "a person waves", "references": ["ref2.png"]},
+            {"prompt": "two people walk", "references": ["ref1.png", "ref2.png"]}]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (root / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]))
+    return root

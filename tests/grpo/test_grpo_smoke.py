@@ -25,6 +25,7 @@ from identity_grpo.grpo.sde_window import WindowedNoiseSchedule
 from identity_grpo.grpo.recipe import train_grpo
 from identity_grpo.grpo.update import Policy, micro_batches, optimizer_step
 from identity_grpo.core.config_io import load_config
+from tests_support import write_prompt_manifests
 
 
 @register_reward("smoke_brightness")
@@ -35,18 +36,7 @@ def build_brightness(spec, device):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prompts")
-    rng = np.random.RandomState(0)
-    for i in range(3):
-        PIL.Image.fromarray(rng.randint(0, 256, (24, 16, 3), dtype=np.uint8)).save(root / f"ref{i}.png")
-    rows = [  # two reference counts: the sampler must keep them in separate batches
-        {"prompt": "two people talk", "references": ["ref0.png", "ref1.png"]},
-        {"prompt": "a person waves", "references": ["ref2.png"]},
-        {"prompt": "two people walk", "references": ["ref1.png", "ref2.png"]},
-    ]
-    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (root / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]))
-    return root
+    return write_prompt_manifests(tmp_path_factory.mktemp("prompts"))
 
 
 def make_config(data, out, kind, *overrides) -> GrpoConfig:

@@ -4,12 +4,10 @@ import copy
 import json
 
 import numpy as np
-import PIL.Image
 import pytest
 import torch
 
 from identity_grpo.finetune.config import LoraSettings
-from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.tiny import tiny_vace_generator
 from identity_grpo.generators.vace import VaceOptions
 from identity_grpo.ipro.config import IproConfig
@@ -22,6 +20,7 @@ from identity_grpo.ipro.last_steps import euler_step, sample_last_steps, velocit
 from identity_grpo.ipro.recipe import IproRecipe, decode, train_ipro
 from identity_grpo.finetune.lora import attach_lora, exported_component, lora_parameters, lora_state_dict
 from identity_grpo.core.config_io import load_config
+from tests_support import write_prompt_manifests
 
 OPTIONS = VaceOptions(height=32, width=32, num_frames=5, guidance_scale=3.0, shift=3.0, max_sequence_length=16)
 STEPS, K = 5, 2
@@ -110,16 +109,7 @@ def test_last_steps_are_checked(vace):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ipro_prompts")
-    rng = np.random.RandomState(0)
-    for i in range(3):
-        PIL.Image.fromarray(rng.randint(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"ref{i}.png")
-    rows = [{"prompt": "two people talk", "references": ["ref0.png", "ref1.png"]},
-            {"prompt": "a person waves", "references": ["ref2.png"]},
-            {"prompt": "two people walk", "references": ["ref1.png", "ref2.png"]}]
-    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (root / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]))
-    return root
+    return write_prompt_manifests(tmp_path_factory.mktemp("ipro_prompts"), (32, 32))
 
 
 def slot_face_reward(embedding_seed: int = 0) -> DifferentiableFaceReward:

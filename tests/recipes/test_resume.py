@@ -9,10 +9,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import PIL.Image
 import pytest
 from safetensors.torch import load_file
+
+from tests_support import write_prompt_manifests
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
 DIFFERENT_BY_NATURE = {"train_seconds", "checkpoint"}  # wall-clock time, the run folder's path
@@ -20,16 +20,7 @@ DIFFERENT_BY_NATURE = {"train_seconds", "checkpoint"}  # wall-clock time, the ru
 
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("prompts")
-    rng = np.random.RandomState(0)
-    for i in range(3):
-        PIL.Image.fromarray(rng.randint(0, 256, (24, 16, 3), dtype=np.uint8)).save(root / f"ref{i}.png")
-    rows = [{"prompt": "two people talk", "references": ["ref0.png", "ref1.png"]},
-            {"prompt": "a person waves", "references": ["ref2.png"]},
-            {"prompt": "two people walk", "references": ["ref1.png", "ref2.png"]}]
-    (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    (root / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]))
-    return root
+    return write_prompt_manifests(tmp_path_factory.mktemp("prompts"))
 
 
 def command(kind: str, data: Path, out: Path) -> list[str]:
