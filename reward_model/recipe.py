@@ -132,8 +132,15 @@ class DeepSpeedEngineState:
         self.engine.save_checkpoint(str(folder), tag="engine", save_latest=False)
 
     def load_from(self, folder: Path) -> None:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+        from deepspeed.utils.tensor_fragment import fragment_address
+
+        # Besides tensors ZeRO's files hold these plain records (a loss scaler's fields, an enum, a
+        # fragment's offsets); anything else in them is refused before DeepSpeed unpickles them.
+        records = (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
         for file in sorted((folder / "engine").glob("*.pt")):
-            check_weights_only(file)
+            check_weights_only(file, allowed=records)
         self.engine.load_checkpoint(str(folder), tag="engine", load_optimizer_states=True, load_lr_scheduler_states=False)
 
 

@@ -38,3 +38,21 @@ def test_deepspeed_zero2_single_process(tmp_path):
                    "--num_processes", "1"], tmp_path)
     assert metrics["num_test_pairs"] == 6
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_deepspeed_zero2_state_resumes(tmp_path):
+    """The engine's own checkpoint files pass the weights_only check and DeepSpeed loads them: a rerun
+    with more steps continues from step 2 (each step logged once) instead of starting over."""
+    args = ["--use_deepspeed", "--deepspeed_config_file", "launch/deepspeed/zero2.json", "--num_processes", "1"]
+    run(args, tmp_path)
+    overrides = [*TINY_REWARD_OVERRIDES, f"output_dir={tmp_path / 'run'}", f"data.synthetic.out_dir={tmp_path / 'pairs'}",
+                 "train.max_steps=3"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([ACCELERATE, "launch", *args, "train_reward.py", "--config", "configs/reward/synthetic.yaml",
+                           *overrides], cwd=ROOT, env=env, check=True, timeout=900, capture_output=True, text=True)
+    assert "resumed from" in done.stdout + done.stderr
+    engine = tmp_path / "run" / "checkpoints" / "step_00000003" / "engine" / "engine"
+    assert sorted(p.name for p in engine.glob("*.pt"))  # DeepSpeed's files, checked before they load
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "train/loss" in e] == [1, 2, 3]

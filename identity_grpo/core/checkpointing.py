@@ -188,9 +188,11 @@ def prune(root: Path, keep: int) -> None:
             shutil.rmtree(folder)
 
 
-def check_weights_only(path: Path) -> None:
-    """Refuse a pickled file that needs more than tensors and plain containers to load."""
+def check_weights_only(path: Path, allowed: tuple[type, ...] = ()) -> None:
+    """Refuse a pickled file that needs more than tensors, plain containers and the `allowed` classes
+    (plain state records, rebuilt from their fields, never by running their code) to load."""
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allowed)):
+            torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure means it is not plain data
         raise CheckpointError(f"{path}: refused, it does not load as plain tensors and containers ({error})") from None

@@ -72,8 +72,11 @@ def make_accelerator(mixed_precision: str, gradient_accumulation_steps: int = 1,
     # Several CPU processes need gloo named explicitly; GPUs use NCCL, one process needs no group.
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     kwargs = [InitProcessGroupKwargs(backend="gloo")] if several and not torch.cuda.is_available() else []
+    # Without a GPU, cpu=True gives several CPU processes their process group, but would also make
+    # accelerate drop a DeepSpeed launch without a word: DeepSpeed runs on the CPU (DS_ACCELERATOR=cpu).
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
     accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=gradient_accumulation_steps,
-                              kwargs_handlers=kwargs, cpu=not torch.cuda.is_available())
+                              kwargs_handlers=kwargs, cpu=not torch.cuda.is_available() and not deepspeed)
     sharded = accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
     if sharded and accelerator.distributed_type not in engines:
         supported = ", ".join(e.value for e in engines) or "none"
