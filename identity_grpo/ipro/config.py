@@ -75,6 +75,12 @@ class IproTrainSettings:
     # w_k of the K steps, first to last; empty: 1 each.
     kl_step_weights: list[float] = field(default_factory=list)
     decoder_checkpointing: bool = True  # recompute the VAE decoder in backward instead of storing it
+    # Pixel frames decoded with gradients (0: all). The face reward is a per-frame mean, so the reward
+    # over randomly chosen frames is an unbiased estimate of it, and the decoder's activations (~12.7 KB
+    # per output pixel-frame under bf16: ~410 GB for 81 frames at 480x832) are kept only for those.
+    # Taken as whole latent frames (4 pixel frames each); the others decode without gradients.
+    # Sized by `python -m identity_grpo.plan`; the IPRO trainer does not read it yet.
+    decoder_grad_frames: int = 0
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     eval_every: int = 0  # steps; 0: evaluate only before and after training
     save_every: int = 0  # steps; 0: save only at the end
@@ -109,7 +115,7 @@ class IproConfig:
                               "eval_batch_size >= 1")
         check_options("sampling.eval_noise", s.eval_noise)
         validate_lora(self.lora)
-        _validate_train(t, s)
+        _validate_train(t, s, g.options.num_frames)
         _validate_face_reward(self.face_reward)
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
@@ -144,7 +150,7 @@ class IproConfig:
                               f"num_processes (= {t.micro_batch_size} * {num_processes})")
 
 
-def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
+def _validate_train(t: IproTrainSettings, s: IproSampling, frames: int) -> None:
     for name in ("num_steps", "batch_size", "micro_batch_size", "last_steps"):
         if getattr(t, name) < 1:
             raise ConfigError(f"train.{name} must be >= 1, got {getattr(t, name)}")
@@ -163,6 +169,9 @@ def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
         raise ConfigError(f"train.reward_weight must be > 0 and train.kl_weight >= 0, got {t.reward_weight}, {t.kl_weight}")
     if t.eval_every < 0 or t.save_every < 0:
         raise ConfigError("train.eval_every and train.save_every must be >= 0")
+    if not 0 <= t.decoder_grad_frames <= frames:
+        raise ConfigError(f"train.decoder_grad_frames must be in [0, {frames}] (0: all; the generator makes {frames} "
+                          f"frames), got {t.decoder_grad_frames}")
 
 
 def _validate_face_reward(f: FaceRewardConfig) -> None:
