@@ -68,6 +68,12 @@ class IproTrainSettings:
     # w_k of the K steps, first to last; empty: 1 each.
     kl_step_weights: list[float] = field(default_factory=list)
     decoder_checkpointing: bool = True  # recompute the VAE decoder in backward instead of storing it
+    # Pixel frames decoded with gradients (0: all). The face reward is a per-frame mean, so the reward
+    # over randomly chosen frames is an unbiased estimate of it, and the decoder's activations (~12.7 KB
+    # per output pixel-frame under bf16: ~410 GB for 81 frames at 480x832) are kept only for those.
+    # Taken as whole latent frames (4 pixel frames each); the others decode without gradients.
+    # Sized by `python -m identity_grpo.plan`; the IPRO trainer does not read it yet.
+    decoder_grad_frames: int = 0
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     sharding: Literal["none", "fsdp"] = "none"  # fsdp: the transformer, LoRA and Adam state sharded (finetune/sharding.py)
     eval_every: int = 0  # steps; 0: evaluate only before and after training
@@ -97,7 +103,7 @@ class IproConfig(RunSettings):
         self.generator.validate()
         validate_sampling(self.sampling)
         validate_lora(self.lora)
-        _validate_train(self.train, self.sampling)
+        _validate_train(self.train, self.sampling, self.generator.options.num_frames)
         _validate_face_reward(self.face_reward)
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
@@ -153,7 +159,7 @@ class IproConfig(RunSettings):
                 f"x {accumulation} accumulated forwards (samples per optimizer step)")
 
 
-def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
+def _validate_train(t: IproTrainSettings, s: IproSampling, frames: int) -> None:
     require_at_least("train", t, 1, "num_steps", "batch_size", "micro_batch_size", "last_steps", "keep_checkpoints",
                      "max_consecutive_skips")
     require_at_least("train", t, 0, "eval_every", "save_every", "weight_decay", "max_grad_norm", "kl_weight")  # 0: off
@@ -167,6 +173,9 @@ def _validate_train(t: IproTrainSettings, s: IproSampling) -> None:
         raise ConfigError(f"train.kl_step_weights must be >= 0, got {t.kl_step_weights}")
     if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
         raise ConfigError(f"train.betas: two values in [0, 1), got {t.betas}")
+    if not 0 <= t.decoder_grad_frames <= frames:
+        raise ConfigError(f"train.decoder_grad_frames must be in [0, {frames}] (0: all; the generator makes {frames} "
+                          f"frames), got {t.decoder_grad_frames}")
 
 
 def _validate_face_reward(f: FaceRewardConfig) -> None:

@@ -20,6 +20,7 @@ LAYERS = {
     "identity_grpo.grpo": 7,
     "identity_grpo.ipro": 7,
     "identity_grpo.report": 8,
+    "identity_grpo.plan": 8,
 }
 
 

@@ -42,6 +42,8 @@ def tiny(*overrides: str) -> IproConfig:
     (["train.reward_weight=0"], "train.reward_weight must be > 0"),
     (["train.betas=[0.9]"], "train.betas: two values"),
     (["train.micro_batch_size=0"], "train.micro_batch_size must be >= 1"),
+    (["train.decoder_grad_frames=-1"], r"train.decoder_grad_frames must be in \[0, 33\]"),
+    (["train.decoder_grad_frames=34"], r"train.decoder_grad_frames must be in \[0, 33\]"),
     (["generator.kind=i2v", "generator.pretrained=toy"], "no toy i2v generator"),
     (["generator.kind=banana"], "'generator.kind' must be one of"),
     (["generator.kind=i2v", "generator.i2v.boundary_ratio=1.5"], r"generator\.i2v\.boundary_ratio must be in \[0, 1\), got 1\.5"),
