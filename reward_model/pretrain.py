@@ -13,7 +13,8 @@ heads that are dropped after pretraining).
 No distortion operator and no held-out identity is used here, so the pair task and its test
 stay unseen.
 
-The result is cached under `cache_dir/<hash of every setting>`; later runs load it.
+The result is cached under `cache_dir/<hash of every setting and of BUILDING_MODULES' source>`;
+later runs load it.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from identity_grpo.core.cache_folders import build_threads
+from identity_grpo.core.code_hash import source_hash
 from identity_grpo.core.config_io import to_dict
 from reward_model.model import RewardModel, RewardModelConfig, build_reward_model
 from identity_grpo.world import identities as world
@@ -38,6 +41,21 @@ from identity_grpo.world.identities import Identity, describe, sample_identities
 from identity_grpo.world.render import render_reference
 
 VERSION = 3  # bump when the task changes, so stale caches are not reused
+# The code that builds the cached backbone: its source hash is part of the cache key, so changed
+# pretraining code pretrains anew (tests/core/test_code_hash.py checks the list is closed under imports).
+BUILDING_MODULES = [
+    "identity_grpo.core.cache_folders",
+    "identity_grpo.core.code_hash",
+    "identity_grpo.core.config_io",
+    "identity_grpo.world.clips",
+    "identity_grpo.world.identities",
+    "identity_grpo.world.render",
+    "reward_model.model",
+    "reward_model.pretrain",
+    "reward_model.prompting",
+    "reward_model.tiny",
+    "reward_model.vision_inputs",
+]
 IGNORE = -100
 ATTRIBUTE_VALUES = {
     "skin": list(world.SKIN_TONES), "hair_colour": list(world.HAIR_COLOURS), "hair_style": list(world.HAIR_STYLES),
@@ -136,7 +154,7 @@ def captioning_loss(model: RewardModel, batch: RewardBatch, labels: torch.Tensor
 
 
 def cache_key(model_cfg: RewardModelConfig, pretrain_cfg, world: dict) -> str:
-    settings = {"version": VERSION, "model": to_dict(model_cfg), "world": world,
+    settings = {"version": VERSION, "code": source_hash(BUILDING_MODULES), "model": to_dict(model_cfg), "world": world,
                 "pretrain": {k: v for k, v in to_dict(pretrain_cfg).items() if k != "cache_dir"}}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -149,7 +167,8 @@ def pretrained_model_dir(model_cfg: RewardModelConfig, pretrain_cfg, num_frames:
         return folder
     torch.manual_seed(pretrain_cfg.seed)
     model = build_reward_model(model_cfg, vocabulary())
-    train_captioning(model, pretrain_cfg, np.random.default_rng(pretrain_cfg.seed), **world)
+    with build_threads():  # the same weights whatever the machine's thread count
+        train_captioning(model, pretrain_cfg, np.random.default_rng(pretrain_cfg.seed), **world)
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp)
     tmp.rename(folder)

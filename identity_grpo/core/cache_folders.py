@@ -8,6 +8,13 @@ hash of their settings and safe to build from several processes at once:
         publish(tmp, folder, "pretrain.json")    # rename into place; a faster process's copy wins
 
 A reader checks the marker, never a half-written folder: the rename is atomic on one filesystem.
+
+Building runs under `build_threads()`: a CPU kernel splits its sums by the number of intra-op
+threads, so the same pretraining with 1 and with 2 threads gives different weights; with the
+count fixed, every machine (same torch build and CPU instruction set) builds the same model.
+One thread: no split at all, and no threads spinning on a core another process holds (on this
+shared 2-core machine under load, the two tiny builds of tests/generators/
+test_toy_pretraining_determinism.py took 8 s with one thread, 126 s with two).
 """
 from __future__ import annotations
 
@@ -15,7 +22,13 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+
+import torch
+
+BUILD_THREADS = 1  # intra-op threads of every first-use build, whatever the machine has (see above)
 
 
 def settings_hash(settings: dict) -> str:
@@ -43,3 +56,14 @@ def publish(tmp: Path, final: Path, marker: str) -> None:
         if not is_complete(final, marker):
             raise
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def build_threads(threads: int = BUILD_THREADS) -> Iterator[None]:
+    """Run a first-use build with a fixed number of torch intra-op threads, then restore the caller's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,8 @@ A checkpoint is written into `step_N.tmp/` and renamed when its manifest is in p
 without `.tmp` and with a manifest that matches its files is complete. Loading takes the newest
 complete checkpoint; one whose files do not match its manifest (truncated, corrupted) is named in a
 warning and the one before it is used. After a save the oldest complete checkpoints beyond `keep`
-are deleted, never the newest one. Nothing read back runs code (core/state_files.py); a sharding
+are deleted, never the newest one, nor a protected one (e.g. the reward-hacking guard's best step,
+which final/ may be exported from: `load_parts` restores chosen parts of one checkpoint). Nothing read back runs code (core/state_files.py); a sharding
 engine's own files (DeepSpeed) are checked to load with `torch.load(weights_only=True)` first.
 """
 from __future__ import annotations
@@ -80,12 +81,12 @@ def checkpoint_folders(output_dir: str | Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, output_dir: str | Path, step: int, parts: dict[str, Any],
-                    run_state: dict, keep: int = 2) -> Path:
+                    run_state: dict, keep: int = 2, protect: frozenset[int] = frozenset()) -> Path:
     """Write a complete checkpoint of `parts` (Stateful: its state_dict taken on every process and
     written by the main one; FolderState: written by every process) and every process's RNG; then
-    delete complete ones beyond the newest `keep`."""
+    delete complete ones beyond the newest `keep`, except the steps in `protect`."""
     root = Path(output_dir) / CHECKPOINTS
-    final = root / f"step_{step:08d}"
+    final = checkpoint_folder(output_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)  # a save killed earlier: ours, never complete
@@ -106,7 +107,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, parts: dict[
         if final.exists():  # the same step saved again (a rerun of a finished run): replace it
             shutil.rmtree(final)
         tmp.rename(final)
-        prune(root, keep)
+        prune(root, keep, protect)
     accelerator.wait_for_everyone()
     return final
 
@@ -122,11 +123,7 @@ def load_checkpoint(accelerator, output_dir: str | Path, parts: dict[str, Any]) 
             logger.warning(message)
             accelerator.print(f"warning: {message}")
             continue
-        for name, part in parts.items():
-            if hasattr(part, "load_from"):
-                part.load_from(folder / name)
-            else:
-                part.load_state_dict(load_tree(folder / name))
+        load_parts(folder, parts)
         rng = folder / f"rng_{accelerator.process_index}"
         if rng.with_suffix(".json").is_file():
             RngState().load_state_dict(load_tree(rng))
@@ -137,6 +134,19 @@ def load_checkpoint(accelerator, output_dir: str | Path, parts: dict[str, Any]) 
         raise CheckpointError(f"{Path(output_dir) / CHECKPOINTS}: none of the {len(folders)} checkpoints is complete "
                               "(see the warnings above); move the folder away to start over")
     return None
+
+
+def load_parts(folder: Path, parts: dict[str, Any]) -> None:
+    """Restore `parts` (a subset of what was saved) from one checkpoint folder, as saved."""
+    for name, part in parts.items():
+        if hasattr(part, "load_from"):
+            part.load_from(folder / name)
+        else:
+            part.load_state_dict(load_tree(folder / name))
+
+
+def checkpoint_folder(output_dir: str | Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINTS / f"step_{step:08d}"
 
 
 def write_manifest(folder: Path, step: int) -> None:
@@ -174,14 +184,17 @@ def file_entry(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
-def prune(root: Path, keep: int) -> None:
-    """Delete checkpoints beyond the newest `keep` complete ones; incomplete ones older than the
-    newest complete one go too (they can never be resumed from). Only our own step_* folders."""
+def prune(root: Path, keep: int, protect: frozenset[int] = frozenset()) -> None:
+    """Delete checkpoints beyond the newest `keep` complete ones, except protected steps (which do
+    not count towards `keep`); incomplete ones older than the newest complete one go too (they can
+    never be resumed from). Only our own step_* folders."""
     complete = 0
     for folder in checkpoint_folders(root.parent):
         if verify(folder):
             if complete:
                 shutil.rmtree(folder)
+            continue
+        if int(folder.name[5:]) in protect:
             continue
         complete += 1
         if complete > max(1, keep):

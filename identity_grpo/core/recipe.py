@@ -136,6 +136,10 @@ class Recipe:
     def on_save(self) -> None:
         """Extra files written with every saved state (e.g. the exported LoRA)."""
 
+    def protected_steps(self) -> frozenset[int]:
+        """Checkpoints never pruned (e.g. the reward-hacking guard's best step)."""
+        return frozenset()
+
     def final_metrics(self, train_seconds: float) -> dict:
         """What metrics.json holds (called on every process; may be collective)."""
         raise NotImplementedError
@@ -236,7 +240,7 @@ class Recipe:
         """A complete checkpoint (parts, RNG, RunState) and the method's extra files."""
         self.state.log_lines = self.logger.lines
         save_checkpoint(self.accelerator, self.output_dir, self.state.step, self.checkpoint_parts(),
-                        asdict(self.state), keep=self.cfg.train.keep_checkpoints)
+                        asdict(self.state), keep=self.cfg.train.keep_checkpoints, protect=self.protected_steps())
         self.on_save()
         self.accelerator.wait_for_everyone()
 

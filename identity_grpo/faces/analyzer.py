@@ -60,6 +60,7 @@ class Face:
     score: float  # detector confidence
     landmarks: np.ndarray  # [5, 2] float32 (x, y): eyes, nose tip, mouth corners
     embedding: np.ndarray  # [D] float32 unit-length ArcFace embedding (D = 512)
+    crop: np.ndarray | None = None  # [S, S, 3] uint8 BGR aligned crop it was embedded from (other recognizers reuse it)
 
 
 def default_providers() -> list[str]:
@@ -153,6 +154,7 @@ class FaceAnalyzer:
                         score=float(boxes[i, 4]),
                         landmarks=landmarks[i].astype(np.float32),
                         embedding=embeddings[start + i],
+                        crop=crops[start + i],
                     )
                     for i in range(len(boxes))
                 ]
@@ -162,6 +164,10 @@ class FaceAnalyzer:
 
     def embed_references(self, images: Sequence[np.ndarray | str | Path]) -> np.ndarray:
         """Reference images (uint8 [H, W, 3] RGB or image paths) -> [P, D], the largest face of each."""
+        return self._embed_bgr(self.reference_crops(images))
+
+    def reference_crops(self, images: Sequence[np.ndarray | str | Path]) -> list[np.ndarray]:
+        """Reference images -> the aligned BGR crop [S, S, 3] of the largest face of each."""
         crops = []
         for index, image in enumerate(images):
             name = f"reference {index}" + (f" ({image})" if isinstance(image, (str, Path)) else "")
@@ -173,7 +179,7 @@ class FaceAnalyzer:
                 )
             largest = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
             crops.append(self._norm_crop(bgr, landmark=landmarks[largest], image_size=self.crop_size))
-        return self._embed_bgr(crops)
+        return crops
 
     def _detect_bgr(self, bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """[H, W, 3] BGR -> boxes with scores [n, 5], landmarks [n, 5, 2]."""

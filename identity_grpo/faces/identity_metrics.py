@@ -199,6 +199,27 @@ def _temporal_consistency(frames: list[np.ndarray], assignments: list[FaceAssign
     return float(np.mean(per_person)) if per_person else float("nan")
 
 
+def largest_face_similarity(per_frame_face_embeddings: list[np.ndarray], face_boxes: list[np.ndarray],
+                            reference_embeddings: np.ndarray) -> float:
+    """OpenS2V-Eval's FaceSim protocol: in each frame the largest face (by box area), its cosine to
+    the reference (with several references, to the one it resembles most); the mean over frames, a
+    frame without a face counting 0. T frames of [F_t, D] embeddings and [F_t, 4] boxes, references [P, D]."""
+    references = _check_embeddings(reference_embeddings, "reference_embeddings")
+    if len(references) == 0 or not per_frame_face_embeddings:
+        raise ValueError("largest_face_similarity: needs at least one reference and one frame")
+    frames = [_check_embeddings(e, f"per_frame_face_embeddings[{t}]", like=(references, "reference_embeddings"))
+              for t, e in enumerate(per_frame_face_embeddings)]
+    boxes = _check_boxes(face_boxes, frames)
+    scores = []
+    for faces, b in zip(frames, boxes):
+        if len(faces) == 0:
+            scores.append(0.0)
+            continue
+        largest = int(np.argmax((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])))
+        scores.append(float(cosine_similarity_matrix(faces[largest : largest + 1], references).max()))
+    return float(np.mean(scores))
+
+
 def pool_similarity(face_embeddings: np.ndarray, pool: np.ndarray) -> np.ndarray:
     """face_embeddings [N, D], pool [M, D] -> [N] mean cosine of each face to every pool embedding."""
     faces = _check_embeddings(face_embeddings, "face_embeddings")

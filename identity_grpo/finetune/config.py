@@ -3,6 +3,7 @@ evaluation's sampling fields. The generator section is generators/config.py, the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
 from identity_grpo.finetune.sde import NoiseSchedule
@@ -52,6 +53,40 @@ class EvalSampling:
     eval_num_frames: int = 0
     eval_batch_size: int = 1  # per process
     grid_prompts: int = 4  # held-out prompts shown in the sample grids (output_dir/samples)
+
+
+@dataclass
+class GuardConfig:
+    """The reward-hacking guard (finetune/guard.py): a held-out metric the policy is not trained on,
+    watched at every evaluation. Off while `metric` is empty."""
+
+    metric: str = ""  # e.g. eval/identity (the world's independent measure); a real run: a face score its reward lacks
+    reward: str = ""  # the training reward as evaluated; empty: the method's (GRPO eval/reward, IPRO eval/face_reward)
+    max_drop: float = 0.05  # the guard this far (relative) below its best while the reward is above its value there: hacking
+    final: Literal["last", "best_guard"] = "last"  # which weights final/ holds: the last, or the best evaluation's by the guard
+
+
+def evaluating(d: DataConfig) -> bool:
+    """Whether the run has held-out prompts to evaluate on."""
+    return d.world.num_heldout > 0 if d.world.enabled else bool(d.eval_manifest)
+
+
+def validate_guard(g: GuardConfig, trained: set[str], d: DataConfig) -> None:
+    """trained: the evaluation metrics that are the training reward (a guard that is one of them is no guard)."""
+    if not g.metric:
+        if g.final != "last":
+            raise ConfigError(f"guard.final: {g.final} needs guard.metric (e.g. eval/identity)")
+        return
+    if not g.metric.startswith("eval/") or (g.reward and not g.reward.startswith("eval/")):
+        raise ConfigError(f"guard.metric / guard.reward: an evaluation metric, eval/<name>, got {g.metric!r} / {g.reward!r}")
+    if g.metric in trained or g.metric == g.reward:
+        raise ConfigError(f"guard.metric: {g.metric} is what the policy is trained on; the guard must be held out "
+                          "(e.g. eval/identity)")
+    if not 0 <= g.max_drop < 1:
+        raise ConfigError(f"guard.max_drop must be in [0, 1), got {g.max_drop}")
+    if not evaluating(d):
+        raise ConfigError("guard.metric is set but there is no held-out evaluation (data.eval_manifest or "
+                          "data.world.num_heldout)")
 
 
 def check_manifest_inputs(d: DataConfig, eval_every: int) -> None:

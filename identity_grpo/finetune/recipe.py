@@ -7,13 +7,18 @@ held-out evaluation before, during and after training, checkpoints and the expor
     before_training(): the evaluation before any update, kept in the state (a resumed run still reports it)
     finish: the evaluation after, metrics.json's summary (run_metrics.py), the LoRA in final/; a
             non-finite clip from the trained weights in that evaluation fails the run (RunFailed)
+    guard (cfg.guard, finetune/guard.py): every evaluation is judged by a held-out metric; a
+            suspected reward hack warns (one line) and logs guard/hacking; the best evaluation's
+            checkpoint is saved and never pruned, and final/ is exported from it with
+            guard.final: best_guard; metrics.json's "guard" holds the best step and the history
 
 A method subclasses `FinetuneRecipe` and supplies build_reward, make_optimizer, evaluation_rewards,
 train_step (and optionally the evaluation hook and the EMA).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,12 +26,15 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
+from identity_grpo.core.checkpointing import checkpoint_folder, load_parts, verify
 from identity_grpo.core.config_io import RunFailed, save_config
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
 from identity_grpo.finetune.batches import GroupSampler
 from identity_grpo.finetune.config import DataConfig
 from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
+from identity_grpo.finetune.guard import (GuardPoint, best_point, history_from_record, history_record, judge,
+                                          log_values, warning)
 from identity_grpo.finetune.lora import (LoraCheckpoint, attach_lora, export_lora, lora_parameters, lora_state_dict,
                                          loading_instructions)
 from identity_grpo.finetune.sharding import OptimizerState, shard_transformer
@@ -43,6 +51,11 @@ from identity_grpo.world.prompt_manifests import world_identity_metrics, write_w
 class FinetuneState(RunState):
     eval_before: dict | None = None  # the evaluation before any update (run_metrics' format)
     last_kl: float | None = None  # the KL logged by the last step
+    guard: list[dict] = field(default_factory=list)  # the guard's judged evaluations (finetune/guard.py's GuardPoint)
+    guard_alarms: list[int] = field(default_factory=list)  # steps at which reward hacking was suspected
+
+
+logger = logging.getLogger(__name__)
 
 
 def load_prompts(data: DataConfig, accelerator: Accelerator,
@@ -65,6 +78,7 @@ class FinetuneRecipe(Recipe):
     state_class = FinetuneState
     method: ClassVar[str] = ""  # "GRPO" / "IPRO": the model card's words and the config file's name
     kl_key: ClassVar[str] = ""  # the logged value that becomes state.last_kl
+    reward_metric: ClassVar[str] = "eval/reward"  # the training reward as evaluated (guard.reward's default)
 
     def __init__(self, cfg, generator: Generator | None = None, evaluate_fn: EvaluateFn | None = None):
         super().__init__(cfg)
@@ -146,13 +160,61 @@ class FinetuneRecipe(Recipe):
     def before_training(self) -> None:
         if self.eval_records and self.state.eval_before is None:
             self.state.eval_before = self.evaluator(step=0)
+            self.watch(self.state.eval_before, 0, saved=False)
 
     def after_step(self, logged: dict[str, float]) -> None:
         self.state.last_kl = logged.get(self.kl_key)
 
     def evaluate(self, step: int) -> None:
         if self.eval_records:
-            self.evaluator(step)
+            save_every = self.cfg.train.save_every
+            self.watch(self.evaluator(step), step, saved=bool(save_every) and step % save_every == 0)
+
+    # --- the reward-hacking guard -----------------------------------------------------------
+    def watch(self, result: dict, step: int, saved: bool) -> None:
+        """Judge an evaluation by the guard: log it, warn on a suspected hack, and checkpoint a new
+        best (saved: the loop saves this step anyway, after this evaluation)."""
+        g = self.cfg.guard
+        if not g.metric:
+            return
+        reward = g.reward or self.reward_metric
+        missing = [name for name in (g.metric, reward) if name not in result["mean"]]
+        if missing:  # every prompt's value was non-finite, or the metric is not measured here
+            self.accelerator.print(f"warning: guard: no {' or '.join(missing)} in the evaluation at step {step} "
+                                   "(non-finite or not measured); this evaluation is not judged")
+            return
+        history = history_from_record(self.state.guard)
+        verdict = judge(history, GuardPoint(step, float(result["mean"][reward]), float(result["mean"][g.metric])),
+                        g.max_drop)
+        self.state.guard = history_record([*history, verdict.point])
+        if verdict.hacking:
+            self.state.guard_alarms.append(step)
+            line = warning(verdict, g.metric, reward)
+            logger.warning(line)
+            self.accelerator.print(line)
+        self.logger.log(log_values(verdict), step=step)
+        if verdict.new_best and not saved:
+            self.save()
+
+    def guard_best(self) -> GuardPoint | None:
+        history = history_from_record(self.state.guard)
+        return best_point(history) if history else None
+
+    def protected_steps(self) -> frozenset[int]:
+        best = self.guard_best()
+        return frozenset() if best is None else frozenset({best.step})
+
+    def final_step(self) -> int:
+        """The step whose weights final/ holds."""
+        best = self.guard_best()
+        return best.step if self.cfg.guard.final == "best_guard" and best is not None else self.state.step
+
+    def guard_summary(self) -> dict:
+        g, best = self.cfg.guard, self.guard_best()
+        return {"metric": g.metric, "reward": g.reward or self.reward_metric, "max_drop": g.max_drop,
+                "best_step": best.step if best else None, "best": best.guard if best else None,
+                "final": g.final, "final_step": self.final_step(), "alarms": list(self.state.guard_alarms),
+                "history": list(self.state.guard)}
 
     def on_save(self) -> None:
         """The LoRA a pipeline can load (evaluation weights), beside every saved state."""
@@ -182,10 +244,27 @@ class FinetuneRecipe(Recipe):
         if after and after["non_finite"]["clip"]:
             raise RunFailed(f"the trained weights generate non-finite clips for {after['non_finite']['clip']} of "
                             f"{len(self.evaluator.usable)} held-out prompts")
-        return summarize(self.state.step, self.state.eval_before, after, self.state.last_kl, train_seconds)
+        metrics = summarize(self.state.step, self.state.eval_before, after, self.state.last_kl, train_seconds)
+        if self.cfg.guard.metric:
+            if after:
+                self.watch(after, self.state.step, saved=True)  # the loop saved the last step
+            guard = self.guard_summary()
+            metrics = {**metrics, "guard_best_step": guard["best_step"], "final_step": guard["final_step"],
+                       "guard": guard}
+        return metrics
 
     def export(self, final_dir: Path) -> None:
-        """final/: the LoRA (evaluation weights, diffusers naming) and the config."""
+        """final/: the LoRA (evaluation weights, diffusers naming) and the config; with guard.final:
+        best_guard, the LoRA (and EMA) of the guard's best checkpoint."""
+        step = self.final_step()
+        if step != self.state.step:
+            folder = checkpoint_folder(self.output_dir, step)
+            problem = verify(folder)
+            if problem:
+                raise RunFailed(f"guard.final: best_guard, but the checkpoint of step {step} ({folder}) is damaged: "
+                                f"{problem}; nothing exported")
+            parts = self.checkpoint_parts()
+            load_parts(folder, {name: parts[name] for name in ("lora", "ema") if name in parts})
         self.write_lora(final_dir)
         if self.accelerator.is_main_process:
             save_config(self.cfg, final_dir / f"{self.method.lower()}_config.yaml")

@@ -11,6 +11,9 @@ in neither). The summary keeps both evaluations and puts the headline figures at
     win_rate                          share of held-out prompts whose reward went up (ties half),
                                       over the prompts with a finite reward before and after
     kl                                the KL to the reference at the last training iteration
+    guard_best_step / final_step      with a reward-hacking guard (cfg.guard): the evaluation step
+                                      with the best guard value, and the step final/ holds; "guard"
+                                      holds the settings, alarms and every judged evaluation
 """
 from __future__ import annotations
 
@@ -94,4 +97,10 @@ def summary_table(metrics: dict) -> str:
             lines.append(f"| win rate ({name}) | | {rates[name]:.1%} | |")
     if metrics.get("kl") is not None:
         lines.append(f"| KL to the reference (last step) | | {metrics['kl']:.3e} | |")
+    guard = metrics.get("guard")
+    if guard and guard.get("best_step") is not None:
+        alarms = ", ".join(str(s) for s in guard["alarms"]) or "none"
+        lines.append(f"| guard {guard['metric'].removeprefix('eval/')}: best at step {guard['best_step']} "
+                     f"({guard['best']:.4f}); final/ holds step {guard['final_step']}; hacking suspected at steps: "
+                     f"{alarms} | | | |")
     return "\n".join(lines)

@@ -15,7 +15,8 @@
 
 A cached generator is a diffusers-layout folder (transformer/, vae/, text_encoder/,
 tokenizer/) that VaceGenerator.from_pretrained / PhantomGenerator.from_pretrained load as it is,
-plus pretrain.json (settings, losses, timings). Folder names carry a hash of the settings.
+plus pretrain.json (settings, losses, timings). Folder names carry a hash of the settings and of
+the source of BUILDING_MODULES (core/code_hash.py): changed building code builds anew.
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ from diffusers import AutoencoderKLWan
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from identity_grpo.core.cache_folders import is_complete, publish, scratch_folder, settings_hash
+from identity_grpo.core.cache_folders import build_threads, is_complete, publish, scratch_folder, settings_hash
+from identity_grpo.core.code_hash import source_hash
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.phantom import PhantomGenerator, PhantomOptions
 from identity_grpo.generators.vace import VaceGenerator, VaceOptions
@@ -55,6 +57,25 @@ from identity_grpo.world.render import render_reference
 Kind = Literal["vace", "phantom"]
 KINDS = ("vace", "phantom")
 CACHE_FORMAT = 1  # bump when the meaning of a cached folder changes
+# The code that builds a cached VAE or generator: its source hash keys the folders, so a change to
+# any of these files builds them anew (tests/core/test_code_hash.py checks the list is closed under imports).
+BUILDING_MODULES = [
+    "identity_grpo.core.cache_folders",
+    "identity_grpo.core.code_hash",
+    "identity_grpo.core.config_io",
+    "identity_grpo.generators.base",
+    "identity_grpo.generators.phantom",
+    "identity_grpo.generators.phantom_convert",
+    "identity_grpo.generators.tiny",
+    "identity_grpo.generators.toy",
+    "identity_grpo.generators.toy_pretraining",
+    "identity_grpo.generators.vace",
+    "identity_grpo.generators.wan_common",
+    "identity_grpo.world.clips",
+    "identity_grpo.world.identities",
+    "identity_grpo.world.render",
+    "reward_model.tiny",
+]
 COMPLETE_MARKER = "pretrain.json"  # written last: a folder without it is not a finished cache
 # Model fields that only the transformer depends on; everything else also keys the VAE cache.
 TRANSFORMER_MODEL_FIELDS = ("num_heads", "head_dim", "num_layers", "ffn_dim", "vace_layers")
@@ -312,18 +333,20 @@ def _vae_settings(model: ToyModelConfig, train: ToyPretrainConfig) -> dict:
     model_part = {k: v for k, v in asdict(model).items() if k not in TRANSFORMER_MODEL_FIELDS}
     train_part = {f.name: getattr(train, f.name) for f in fields(train)
                   if f.name in ("seed", "num_people", "latent_stat_clips") or f.name.startswith("vae_")}
-    return {"format": CACHE_FORMAT, "model": model_part, "pretrain": train_part}
+    return {"format": CACHE_FORMAT, "code": source_hash(BUILDING_MODULES), "model": model_part, "pretrain": train_part}
 
 
 def _generator_settings(kind: Kind, model: ToyModelConfig, train: ToyPretrainConfig) -> dict:
-    return {"format": CACHE_FORMAT, "kind": kind, "model": asdict(model), "pretrain": asdict(train)}
+    return {"format": CACHE_FORMAT, "code": source_hash(BUILDING_MODULES), "kind": kind, "model": asdict(model),
+            "pretrain": asdict(train)}
 
 
 def _load_or_pretrain_vae(folder: Path, model: ToyModelConfig, train: ToyPretrainConfig, device, progress: bool):
     """The shared VAE, text encoder and tokenizer from `folder`, pretraining them first if needed."""
     if not is_complete(folder, COMPLETE_MARKER):
         start = time.perf_counter()
-        vae, losses = pretrain_vae(model, train, device, progress)
+        with build_threads():  # the same weights whatever the machine's thread count
+            vae, losses = pretrain_vae(model, train, device, progress)
         tmp = scratch_folder(folder)
         vae.save_pretrained(tmp / "vae")
         toy_text_encoder(model, seed=train.seed + 1).save_pretrained(tmp / "text_encoder")
@@ -360,7 +383,8 @@ def toy_generator_path(kind: Kind, cache_dir: str | Path = "data/cache/toy_gener
     folder.parent.mkdir(parents=True, exist_ok=True)
     vae, text_encoder, tokenizer = _load_or_pretrain_vae(vae_folder, model, train, device, progress)
     start = time.perf_counter()
-    transformer, losses = pretrain_transformer(kind, model, train, vae, text_encoder, tokenizer, device, progress)
+    with build_threads():
+        transformer, losses = pretrain_transformer(kind, model, train, vae, text_encoder, tokenizer, device, progress)
     tmp = scratch_folder(folder)
     transformer.save_pretrained(tmp / "transformer")
     for part in ("vae", "text_encoder", "tokenizer"):

@@ -43,6 +43,7 @@ def train_ipro(cfg: IproConfig, generator: Generator | None = None, face_reward:
 class IproRecipe(FinetuneRecipe):
     name = method = "IPRO"
     kl_key = "train/kl"
+    reward_metric = "eval/face_reward"  # the training reward, as the evaluation hook measures it
 
     def __init__(self, cfg: IproConfig, generator: Generator | None = None, face_reward: FaceReward | None = None,
                  evaluate_fn: EvaluateFn | None = None, eval_reward_fns: dict[str, RewardFn] | None = None):

@@ -34,6 +34,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--faces-root", default="~/.insightface", help="folder holding models/<pack>/")
     parser.add_argument("--faces-det-size", type=int, nargs=2, default=[640, 640], metavar=("W", "H"),
                         help="detector input size, multiples of 32 (smaller is faster on small clips)")
+    parser.add_argument("--curricularface", default="", metavar="PTH",
+                        help="CurricularFace IR-101 backbone state dict (the original release's .pth, loaded with "
+                             "weights_only) for FaceSim-Cur; needs --faces-pack")
+    parser.add_argument("--curricularface-bgr", action="store_true",
+                        help="feed CurricularFace BGR crops (default RGB)")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_known_args(argv)
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> str:
              if args.faces_pack else None)
     path = run_report(cfg, loras, args.out, num_prompts=args.num_prompts, seeds=args.seeds, logs=args.log,
                       faces=faces, device=args.device, grid_prompts=args.grid_prompts,
-                      progress=not args.no_progress, config_path=args.config)
+                      progress=not args.no_progress, config_path=args.config,
+                      curricularface=args.curricularface, curricularface_bgr=args.curricularface_bgr)
     print(f"report written: {path}")
     return str(path)
 

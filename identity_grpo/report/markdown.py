@@ -63,6 +63,11 @@ def how_to_read(summaries: Sequence[ModelSummary]) -> str:
         text.append("**Face similarity** is the ArcFace cosine between each detected face and the reference person it is "
                     "matched to (optimal matching per frame); *swaps* count identity changes along a face track, "
                     "*missing* the share of frames in which a person is not found.")
+    if "facesim_arc" in measured:
+        text.append("**FaceSim-Arc** and **FaceSim-Cur** follow OpenS2V-Eval's protocol so they compare with its tables: the "
+                    "largest face of each frame against the reference (ArcFace of the insightface pack; CurricularFace "
+                    "IR-101), averaged over frames, a frame without a face counting 0. With several people the largest "
+                    "face stands for one of them only; the *CurricularFace similarity* rows use our per-person matching.")
     if len(summaries) > 1:
         text.append("The **win rate** is the share of samples (prompt + noise) on which the fine-tuned model scores higher "
                     "than the original; a tie counts half, so 50% means no change.")

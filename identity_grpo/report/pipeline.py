@@ -70,11 +70,13 @@ def run_report(cfg: GrpoConfig, loras: Mapping[str, str | Path] | Sequence[str |
                num_prompts: int = 0, seeds: Sequence[int] | None = None, logs: Sequence[str | Path] | None = None,
                faces: FaceAnalyzerConfig | None = None, device: str | torch.device | None = None,
                generator: Generator | None = None, reward_fns: Mapping[str, RewardFn] | None = None,
-               grid_prompts: int | None = None, progress: bool = True, config_path: str = "") -> Path:
+               grid_prompts: int | None = None, progress: bool = True, config_path: str = "",
+               curricularface: str = "", curricularface_bgr: bool = False) -> Path:
     """Everything from a GRPO config: its generator (or the base `generator` given), rewards (or
     `reward_fns`) and data.eval_manifest (the first `num_prompts` rows; 0: all); seeds default to
     [train.seed] (the trainer's evaluation noise); logs default to each LoRA run's log.jsonl;
-    the grid shows the first `grid_prompts` prompts (default sampling.grid_prompts).
+    the grid shows the first `grid_prompts` prompts (default sampling.grid_prompts); `curricularface`:
+    a CurricularFace IR-101 backbone .pth for FaceSim-Cur (needs `faces`).
     Returns report.md's path."""
     named = name_loras(loras)
     manifest = eval_manifest(cfg)
@@ -82,7 +84,7 @@ def run_report(cfg: GrpoConfig, loras: Mapping[str, str | Path] | Sequence[str |
     records = records[:num_prompts] if num_prompts > 0 else records
     seeds = list(seeds) if seeds else [cfg.train.seed]
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    scorers = Scorers.from_config(cfg, records, device, faces, reward_fns, manifest)
+    scorers = Scorers.from_config(cfg, records, device, faces, reward_fns, manifest, curricularface, curricularface_bgr)
     if generator is None:
         generator = build_generator(cfg.generator, device)
     shown = cfg.sampling.grid_prompts if grid_prompts is None else grid_prompts

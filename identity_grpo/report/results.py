@@ -7,7 +7,10 @@ Metric names (keys of `scores`; higher is better unless said):
   the clip's people and its worst person (manifests with `identity_ids` only);
 - `face_similarity`, `face_worst`: ArcFace cosine to the references, mean person and worst person;
   `face_swaps` (lower is better): identity changes along face tracks; `face_missing` (lower is
-  better): fraction of frames a person is not found, mean over people (insightface only).
+  better): fraction of frames a person is not found, mean over people (insightface only);
+  `face_similarity_cur`, `face_worst_cur`: the same with CurricularFace embeddings (a backbone file given);
+- `facesim_arc`, `facesim_cur`: OpenS2V-Eval's FaceSim-Arc / FaceSim-Cur protocol, the largest face
+  per frame against the reference (report/face_scores.py).
 Per-person measures (`per_person`): `world_identity`, `face_similarity`.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Everything a report measures on a batch of generated clips: the config's rewards, the synthetic
 world's independent identity measure (when the manifest names the world's people), face metrics
-(when an insightface pack is given)."""
+(when an insightface pack is given; FaceSim-Cur with a CurricularFace backbone file)."""
 from __future__ import annotations
 
 from typing import Mapping, Sequence
@@ -8,6 +8,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.faces.curricularface import load_curricularface
 from identity_grpo.grpo.config import GrpoConfig
 from identity_grpo.core.prompt_manifest import PromptRecord
 from identity_grpo.report.face_scores import FaceScorer
@@ -36,12 +38,17 @@ class Scorers:
     @classmethod
     def from_config(cls, cfg: GrpoConfig, records: Sequence[PromptRecord], device: torch.device | str = "cpu",
                     faces: FaceAnalyzerConfig | None = None, reward_fns: Mapping[str, RewardFn] | None = None,
-                    manifest: str = "") -> "Scorers":
+                    manifest: str = "", curricularface: str = "", curricularface_bgr: bool = False) -> "Scorers":
         """The config's rewards (or the ready `reward_fns`, weighted by the config), the world measure
-        if the records carry identity_ids, face metrics if `faces` names an insightface pack."""
+        if the records carry identity_ids, face metrics if `faces` names an insightface pack (with
+        `curricularface`, a CurricularFace backbone .pth, also FaceSim-Cur: report/face_scores.py)."""
+        if curricularface and faces is None:
+            raise ConfigError("curricularface: needs an insightface pack (faces) to detect and align the faces it embeds")
+        curricular = load_curricularface(curricularface).to(device) if curricularface else None  # before any model
         rewards = WeightedRewards.from_config(cfg.rewards, device, reward_fns)
         world = has_world_identities(records, manifest or cfg.data.eval_manifest or "the evaluation manifest")
-        return cls(rewards, world, FaceScorer(FaceAnalyzer(faces)) if faces is not None else None)
+        scorer = FaceScorer(FaceAnalyzer(faces), curricular, curricularface_bgr) if faces is not None else None
+        return cls(rewards, world, scorer)
 
     def __call__(self, videos: torch.Tensor, records: Sequence[PromptRecord],
                  references: Sequence[Sequence[np.ndarray]]) -> BatchScores:

@@ -21,9 +21,13 @@ _LABELS = {
     "face_worst": "face similarity, worst person",
     "face_swaps": "identity swaps per clip",
     "face_missing": "share of frames a person is missing",
+    "facesim_arc": "FaceSim-Arc (largest face per frame, OpenS2V-Eval)",
+    "facesim_cur": "FaceSim-Cur (largest face per frame, OpenS2V-Eval)",
+    "face_similarity_cur": "CurricularFace similarity, mean person",
+    "face_worst_cur": "CurricularFace similarity, worst person",
 }
 _ORDER = ("reward", "reward/", "world_identity", "world_identity_worst", "face_similarity", "face_worst",
-          "face_swaps", "face_missing")
+          "face_similarity_cur", "face_worst_cur", "facesim_arc", "facesim_cur", "face_swaps", "face_missing")
 
 
 def metric_label(metric: str) -> str:

@@ -3,7 +3,7 @@ first use, cached), and pools from ground-truth clips the world renders of the p
 
     reward = world_face_reward(WorldFaceSettings(), device)   # a DifferentiableFaceReward
 
-Cache: cache_dir/faces-<hash of the settings>/ holds embedder.pt and detector.pt (state dicts)
+Cache: cache_dir/faces-<hash of the settings and of BUILDING_MODULES' source>/ holds embedder.pt and detector.pt (state dicts)
 and faces.json (settings, training records, seconds), written last; a folder is built under a
 temporary name and renamed into place, so concurrent runs never see half a cache.
 
@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least
-from identity_grpo.core.cache_folders import is_complete, publish, scratch_folder, settings_hash
+from identity_grpo.core.cache_folders import build_threads, is_complete, publish, scratch_folder, settings_hash
+from identity_grpo.core.code_hash import source_hash
 from identity_grpo.faces.crop import crop_faces
 from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
 from identity_grpo.faces.pool_reward import FacePool
@@ -35,6 +36,29 @@ from identity_grpo.world.prompt_manifests import world_identities
 from identity_grpo.world.clips import sample_clip
 
 CACHE_FORMAT = 1  # bump when the meaning of a cached folder changes
+# The code that builds the cached models (this module and what it imports): its source hash keys the
+# folder, so changed training code trains anew (tests/core/test_code_hash.py checks the list is closed).
+BUILDING_MODULES = [
+    "identity_grpo.core.cache_folders",
+    "identity_grpo.core.code_hash",
+    "identity_grpo.core.config_io",
+    "identity_grpo.core.prompt_manifest",
+    "identity_grpo.core.video",
+    "identity_grpo.faces.crop",
+    "identity_grpo.faces.differentiable_reward",
+    "identity_grpo.faces.identity_metrics",
+    "identity_grpo.faces.iresnet",
+    "identity_grpo.faces.pool_reward",
+    "identity_grpo.world.clips",
+    "identity_grpo.world.face_detector",
+    "identity_grpo.world.face_embedder",
+    "identity_grpo.world.face_models",
+    "identity_grpo.world.identities",
+    "identity_grpo.world.measure",
+    "identity_grpo.world.prompt_manifests",
+    "identity_grpo.world.prompt_set",
+    "identity_grpo.world.render",
+]
 COMPLETE_MARKER = "faces.json"
 
 
@@ -57,7 +81,7 @@ class WorldFaceSettings:
 
 
 def cache_folder(settings: WorldFaceSettings) -> Path:
-    keyed = {"format": CACHE_FORMAT, "seed": settings.seed, "embedder": asdict(settings.embedder),
+    keyed = {"format": CACHE_FORMAT, "code": source_hash(BUILDING_MODULES), "seed": settings.seed, "embedder": asdict(settings.embedder),
              "detector": asdict(settings.detector)}
     return Path(settings.cache_dir) / f"faces-{settings_hash(keyed)}"
 
@@ -69,9 +93,10 @@ def world_face_models(settings: WorldFaceSettings, device: torch.device | str = 
     folder = cache_folder(settings)
     if not is_complete(folder, COMPLETE_MARKER):
         start = time.perf_counter()
-        embedder, embedder_record = train_embedder(settings.embedder, settings.seed, progress)
-        middle = time.perf_counter()
-        detector, detector_record = train_detector(settings.detector, settings.embedder, settings.seed, progress)
+        with build_threads():  # the same weights whatever the machine's thread count
+            embedder, embedder_record = train_embedder(settings.embedder, settings.seed, progress)
+            middle = time.perf_counter()
+            detector, detector_record = train_detector(settings.detector, settings.embedder, settings.seed, progress)
         tmp = scratch_folder(folder)
         torch.save(embedder.state_dict(), tmp / "embedder.pt")
         torch.save(detector.state_dict(), tmp / "detector.pt")

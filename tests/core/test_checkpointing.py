@@ -9,8 +9,8 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from identity_grpo.core.checkpointing import (CheckpointError, check_weights_only, checkpoint_folders, load_checkpoint,
-                                              save_checkpoint, verify)
+from identity_grpo.core.checkpointing import (CheckpointError, check_weights_only, checkpoint_folder, checkpoint_folders,
+                                              load_checkpoint, load_parts, save_checkpoint, verify)
 from identity_grpo.core.state_files import load_tree, save_tree
 
 
@@ -59,6 +59,18 @@ def test_keeps_the_newest_complete_ones(tmp_path, accelerator):
     for step in (1, 2, 3):
         save_checkpoint(accelerator, tmp_path, step, {"counter": Counter(step)}, {"step": step}, keep=2)
     assert [f.name for f in checkpoint_folders(tmp_path)] == ["step_00000003", "step_00000002"]
+
+
+def test_a_protected_checkpoint_is_never_pruned_and_loads_on_its_own(tmp_path, accelerator):
+    for step in (1, 2, 3, 4):
+        save_checkpoint(accelerator, tmp_path, step, {"counter": Counter(step)}, {"step": step}, keep=1,
+                        protect=frozenset({2}))
+    assert [f.name for f in checkpoint_folders(tmp_path)] == ["step_00000004", "step_00000002"]
+    counter = Counter()
+    load_parts(checkpoint_folder(tmp_path, 2), {"counter": counter})
+    assert torch.equal(counter.weight, torch.full((3,), 2.0))
+    save_checkpoint(accelerator, tmp_path, 5, {"counter": Counter(5)}, {"step": 5}, keep=1)  # no longer protected
+    assert [f.name for f in checkpoint_folders(tmp_path)] == ["step_00000005"]
 
 
 def test_damaged_newest_falls_back_to_the_one_before(tmp_path, accelerator, capsys):

@@ -31,7 +31,9 @@ from identity_grpo.finetune.sampling import sample_with_log_probs
 from identity_grpo.world.prompt_manifests import per_person_scores, world_identity_scores, write_world_manifests
 from identity_grpo.core.config_io import load_config, save_config
 from identity_grpo.faces.analyzer import FaceAnalyzer, FaceAnalyzerConfig, stack_faces
-from identity_grpo.faces.identity_metrics import identity_metrics
+from identity_grpo.faces.curricularface import IRLayout, IRNet, load_curricularface
+from identity_grpo.faces.identity_metrics import identity_metrics, largest_face_similarity
+from identity_grpo.report.face_scores import curricular_embeddings
 from reward_model.model import RewardModelConfig, build_reward_model
 from identity_grpo.world.identities import vocabulary
 
@@ -54,6 +56,9 @@ def setup(tmp_path_factory):
             param.add_(0.02 * torch.randn_like(param))
     model.eval().save_pretrained(root / "rm")
     face_models_support.write_pack(root / "insightface" / "models" / "tiny", face_models_support.recognizer_weight())
+    torch.manual_seed(1)  # a tiny CurricularFace backbone file, as a user would supply the original release's
+    layout = IRLayout(units=(1, 1, 1, 1), widths=(4, 6, 8, 10), stem=4, embedding_dim=16, input_size=32)
+    torch.save(IRNet(layout).eval().state_dict(), root / "curricularface.pth")
     cfg = load_config(GrpoConfig, None, [
         "generator.pretrained=tiny", "generator.dtype=float32", "generator.vace.height=48", "generator.vace.width=64",
         "generator.vace.num_frames=5", "generator.vace.max_sequence_length=16", "generator.vace.guidance_scale=2.0",
@@ -96,7 +101,7 @@ def direct_samples(gen, records, cfg) -> torch.Tensor:
     return torch.cat(videos)
 
 
-def direct_scores(videos, records, cfg, analyzer) -> dict[str, np.ndarray]:
+def direct_scores(videos, records, cfg, analyzer, curricular) -> dict[str, np.ndarray]:
     total, per_reward = WeightedRewards.from_config(cfg.rewards)(videos, [r.load_references() for r in records],
                                                                  [r.prompt for r in records])
     world = world_identity_scores(videos, records)
@@ -104,19 +109,29 @@ def direct_scores(videos, records, cfg, analyzer) -> dict[str, np.ndarray]:
               "reward/report_red": per_reward["report_red"], "world_identity": world["identity"],
               "world_identity_worst": world["identity_worst"]}
     frames = (videos.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-    faces = []
+    faces, largest, cur_matched, cur_largest = [], [], [], []
     for clip, record in zip(frames, records):
-        embeddings, boxes = stack_faces(analyzer.detect(clip), analyzer.embedding_dim)
-        faces.append(identity_metrics(embeddings, analyzer.embed_references(record.references), face_boxes=boxes))
+        found = analyzer.detect(clip)
+        embeddings, boxes = stack_faces(found, analyzer.embedding_dim)
+        references = analyzer.embed_references(record.references)
+        faces.append(identity_metrics(embeddings, references, face_boxes=boxes))
+        largest.append(largest_face_similarity(embeddings, boxes, references))
+        cur = [curricular_embeddings(curricular, [f.crop for f in frame]) for frame in found]
+        cur_refs = curricular_embeddings(curricular, analyzer.reference_crops(record.references))
+        cur_matched.append(identity_metrics(cur, cur_refs, face_boxes=boxes))
+        cur_largest.append(largest_face_similarity(cur, boxes, cur_refs))
     scores.update(face_similarity=[m.mean for m in faces], face_worst=[m.worst_person for m in faces],
-                  face_swaps=[m.swaps for m in faces], face_missing=[m.missing_fraction.mean() for m in faces])
+                  face_swaps=[m.swaps for m in faces], face_missing=[m.missing_fraction.mean() for m in faces],
+                  facesim_arc=largest, facesim_cur=cur_largest, face_similarity_cur=[m.mean for m in cur_matched],
+                  face_worst_cur=[m.worst_person for m in cur_matched])
     return {k: np.asarray(v, dtype=np.float64) for k, v in scores.items()}
 
 
 def test_command_writes_every_file_and_its_numbers_are_the_direct_scores(setup, tmp_path):
     out = tmp_path / "report"
     main(["--config", str(setup["root"] / "grpo.yaml"), "--lora", str(setup["lora"]), "--out", str(out),
-          "--faces-pack", "tiny", "--faces-root", setup["faces"].root, "--faces-det-size", "64", "64", "--no-progress"])
+          "--faces-pack", "tiny", "--faces-root", setup["faces"].root, "--faces-det-size", "64", "64", "--no-progress",
+          "--curricularface", str(setup["root"] / "curricularface.pth")])
 
     written = {p.name for p in out.iterdir()}
     assert written == {"report.md", "metrics.csv", "per_sample.csv", "curves.png", "per_person_hist.png",
@@ -128,7 +143,9 @@ def test_command_writes_every_file_and_its_numbers_are_the_direct_scores(setup, 
 
     analyzer = FaceAnalyzer(setup["faces"])
     records, cfg = setup["records"], setup["cfg"]
-    direct = {name: direct_scores(videos, records, cfg, analyzer) for name, videos in setup["direct"].items()}
+    curricular = load_curricularface(setup["root"] / "curricularface.pth")
+    direct = {name: direct_scores(videos, records, cfg, analyzer, curricular) for name, videos in setup["direct"].items()}
+    assert direct["base"]["facesim_cur"].std() > 0 and "FaceSim-Cur" in page
     assert direct["base"]["reward/reward_model"].std() > 0 and direct["base"]["face_similarity"].std() > 0
     rows = {row["model"]: row for row in csv.DictReader((out / "metrics.csv").open())}
     assert set(rows) == {"base", "grpo_try"}
