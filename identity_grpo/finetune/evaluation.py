@@ -35,7 +35,7 @@ from identity_grpo.core.video import VideoReadError
 from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.finetune.batches import SampleSlot, sampling_batches
 from identity_grpo.finetune.sampling import sample_with_log_probs
-from identity_grpo.finetune.sharding import pad_batches
+from identity_grpo.core.sharding import pad_batches
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.rewards.registry import WeightedRewards
 

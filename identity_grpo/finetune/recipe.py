@@ -29,7 +29,8 @@ from identity_grpo.finetune.config import DataConfig
 from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
 from identity_grpo.finetune.lora import (LoraCheckpoint, attach_lora, export_lora, lora_parameters, lora_state_dict,
                                          loading_instructions)
-from identity_grpo.finetune.sharding import OptimizerState, shard_transformer
+from identity_grpo.core.sharding import OptimizerState
+from identity_grpo.finetune.sharding import shard_transformer
 from identity_grpo.generators.config import DTYPES
 from identity_grpo.finetune.policy import Policy
 from identity_grpo.finetune.run_metrics import summarize, summary_table

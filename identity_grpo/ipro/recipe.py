@@ -25,7 +25,7 @@ from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.evaluation import EvaluateFn
 from identity_grpo.finetune.policy import average_gradients
 from identity_grpo.finetune.recipe import FinetuneRecipe
-from identity_grpo.finetune.sharding import full, pad_batches
+from identity_grpo.core.sharding import full, pad_batches
 from identity_grpo.generators.base import Generator
 from identity_grpo.ipro.config import IproConfig
 from identity_grpo.ipro.face_reward import FaceReward, build_face_reward, with_face_reward
