@@ -78,7 +78,7 @@ class IproRecipe(FinetuneRecipe):
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step over train.batch_size samples (all processes), accumulated over micro-batches."""
         t, accelerator, gen, policy = self.cfg.train, self.accelerator, self.generator, self.policy
-        rng = stream_rng(t.seed, Stream.SAMPLING, step, accelerator.process_index)
+        rng = stream_rng(t.seed, Stream.SAMPLING, step, self.data_parallel.rank)  # a sequence-parallel group's noise
         sigmas = gen.sigmas(self.cfg.sampling.train_steps)
         counts = [len(r.references) for r in self.train_records]
         sums = torch.zeros(3, device=accelerator.device)  # reward, KL, loss, summed over samples
@@ -120,8 +120,9 @@ class IproRecipe(FinetuneRecipe):
             raise NonFiniteStep(bad, describe(values[bad]))
         policy.optimizer.step()
         policy.optimizer.zero_grad(set_to_none=True)
-        sums = accelerator.reduce(sums, "sum") / t.batch_size
-        step_kl = accelerator.reduce(step_kl, "sum") / t.batch_size
+        counted = t.batch_size * t.sequence_parallel  # each process of a group holds the group's samples
+        sums = accelerator.reduce(sums, "sum") / counted
+        step_kl = accelerator.reduce(step_kl, "sum") / counted
         logged = {"train/reward": float(sums[0]), "train/kl": float(sums[1]), "train/loss": float(sums[2]),
                   "train/grad_norm": float(grad_norm), "time/step": time.perf_counter() - started}
         logged.update({f"train/kl_step_{k}": float(v) for k, v in enumerate(step_kl)})
