@@ -74,6 +74,10 @@ class TrainConfig:
     loss: Literal["btt", "bt"] = "btt"
     ties_k: float = 5.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # fsdp: weights, gradients and AdamW state sharded over the processes of a plain multi-process
+    # launch (FSDP2, reward_model/recipe.py); none: each process holds all of them, or DeepSpeed
+    # ZeRO-2 shards them when the launch says so (launch/accelerate/multi_gpu_zero2.yaml)
+    sharding: Literal["none", "fsdp"] = "none"
     eval_every: int = 0  # optimizer steps; 0 = only at the end
     save_every: int = 0  # optimizer steps; 0 = only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back

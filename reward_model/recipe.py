@@ -8,11 +8,20 @@ reward model out.
           (skipped, as is its schedule step, when a loss or the gradient is non-finite)
     finish: the model in final/, the held-out evaluation against the non-learned baseline -> metrics.json
 
+Two ways to spread a run over GPUs: DeepSpeed ZeRO-2 (launch/accelerate/multi_gpu_zero2.yaml), or
+FSDP2 with `train.sharding: fsdp` on a plain multi-process launch (core/sharding.py): every decoder
+layer and vision block sharded on its own, weights, gradients and AdamW state 1/N per process,
+gradients averaged over the processes as DDP would. The logged training values are means over
+every process's pairs.
+
     metrics = train_reward_model(cfg)
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +32,9 @@ from torch.utils.data import DataLoader
 
 from identity_grpo.core.checkpointing import check_weights_only
 from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
+from identity_grpo.core.config_io import ConfigError
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
+from identity_grpo.core.sharding import OptimizerState, distribute, full, shard_modules
 from identity_grpo.world.identities import vocabulary as synthetic_vocabulary
 from reward_model.config import RewardConfig
 from reward_model.evaluation import final_evaluation, score_rows, validation_metrics
@@ -94,6 +105,18 @@ def accumulate(running: dict[str, float], loss: float, stats: dict[str, float]) 
         running[key] = running.get(key, 0.0) + float(value) * weight
 
 
+# Every sum `accumulate` keeps: a fixed list, so that all processes add up the same vector.
+SUMS = ("loss", "micro_batches", "num_non_tied", "num_tied", *WEIGHT_OF)
+
+
+def global_sums(accelerator, running: dict[str, float]) -> dict[str, float]:
+    """`running` summed over the processes (as it is with one): the logged means cover every pair."""
+    if accelerator.num_processes == 1:
+        return running
+    values = torch.tensor([running.get(k, 0.0) for k in SUMS], dtype=torch.float64, device=accelerator.device)
+    return dict(zip(SUMS, accelerator.reduce(values, "sum").tolist()))
+
+
 def averages(running: dict[str, float]) -> dict[str, float]:
     out = {"loss": running["loss"] / running["micro_batches"]}
     for key, weight_key in WEIGHT_OF.items():
@@ -102,14 +125,22 @@ def averages(running: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def shard_reward_model(model: RewardModel) -> None:
+    """FSDP2 in place: each decoder layer and vision block gathered on its own, the rest (embeddings,
+    merger, reward embedding and head) as one group; gradients averaged over the processes."""
+    qwen = model.backbone.model
+    shard_modules(model, [*qwen.language_model.layers, *qwen.visual.blocks], average=True)
+
+
 class TrainableParameters:
-    """The model's trained parameters as a checkpoint part (the frozen ones are rebuilt from the base)."""
+    """The model's trained parameters as a checkpoint part (the frozen ones are rebuilt from the base);
+    whole tensors (gathered on every process when the model is sharded)."""
 
     def __init__(self, model: torch.nn.Module):
         self.model = model
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {name: p.detach() for name, p in self.model.named_parameters() if p.requires_grad}
+        return {name: full(p.detach()) for name, p in self.model.named_parameters() if p.requires_grad}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         own = dict(self.model.named_parameters())
@@ -118,7 +149,7 @@ class TrainableParameters:
                              "trained ones (was the config changed?)")
         with torch.no_grad():
             for name, value in state.items():
-                own[name].copy_(value)
+                own[name].copy_(distribute(value, own[name]))
 
 
 class DeepSpeedEngineState:
@@ -158,6 +189,10 @@ class RewardRecipe(Recipe):
         cfg.validate_inputs()  # the manifests and backbone exist, before the accelerator or any model starts
         self.accelerator = accelerator = make_accelerator(
             cfg.train.mixed_precision, cfg.train.grad_accum_steps, engines=(DistributedType.DEEPSPEED,))
+        self.sharded = cfg.train.sharding == "fsdp"
+        if self.sharded and accelerator.distributed_type == DistributedType.DEEPSPEED:
+            raise ConfigError("train.sharding: fsdp and a DeepSpeed launch both shard the model; choose one "
+                              "(train.sharding=none under DeepSpeed, or launch/accelerate/multi_gpu.yaml for FSDP)")
         accelerator.print(cfg.batch_arithmetic(accelerator.num_processes))
         set_seed(cfg.train.seed)
         self.splits = load_splits(cfg.data, accelerator)
@@ -165,13 +200,19 @@ class RewardRecipe(Recipe):
         self.dataset = PairVideoDataset(self.splits["train"], num_frames=model.config.num_frames,
                                         max_pixels=model.config.max_pixels)
         self.collator = PairCollator(model.processor)
+        if self.sharded:  # the optimizer then sees each parameter's shard
+            shard_reward_model(model.to(accelerator.device))
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
         self.steps = total_steps(cfg, len(self.dataset), accelerator.num_processes)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.train.warmup_steps, self.steps))
         if accelerator.distributed_type == DistributedType.DEEPSPEED:  # its config's "auto" batch size
             accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
-        self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
+        if self.sharded:  # accelerate would wrap the sharded model in DDP: it stays as it is
+            self.optimizer, self.scheduler = accelerator.prepare(optimizer, scheduler)
+            self.model = model
+        else:
+            self.model, self.optimizer, self.scheduler = accelerator.prepare(model, optimizer, scheduler)
         self.start_logger()
 
     def total_steps(self) -> int:
@@ -180,7 +221,8 @@ class RewardRecipe(Recipe):
     def checkpoint_parts(self) -> dict[str, object]:
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             return {"engine": DeepSpeedEngineState(self.model), "scheduler": self.scheduler}
-        return {"model": TrainableParameters(self.accelerator.unwrap_model(self.model)), "optimizer": self.optimizer,
+        model = self.accelerator.unwrap_model(self.model)
+        return {"model": TrainableParameters(model), "optimizer": OptimizerState(model, self.optimizer, self.sharded),
                 "scheduler": self.scheduler}
 
     def before_training(self) -> None:
@@ -206,7 +248,9 @@ class RewardRecipe(Recipe):
             self.state.micro_step += 1
             self.state.skipped += batch.num_skipped
             with accelerator.accumulate(self.model):
-                rewards = self.model(batch.inputs)
+                # A prepared model runs under the launch's autocast; the sharded one is not prepared.
+                with accelerator.autocast() if self.sharded else contextlib.nullcontext():
+                    rewards = self.model(batch.inputs)
                 loss, stats = pair_loss(self.cfg, rewards, batch.labels)
                 # Backward even a non-finite loss: its gradients are dropped below, and every process
                 # runs the same collectives (DeepSpeed steps inside backward, skipping non-finite gradients itself).
@@ -215,6 +259,7 @@ class RewardRecipe(Recipe):
                 micro_stats.append(stats)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)
+                    grad_norm = None if grad_norm is None else full(grad_norm)  # sharded: the norm of all shards
                     checked = {"loss": torch.stack(losses), "gradient": grad_norm}
                     bad = first_non_finite(accelerator, checked)
                     if bad is None:
@@ -229,7 +274,7 @@ class RewardRecipe(Recipe):
         done = step + 1
         if done % t.log_every and done != self.steps:
             return {}
-        logged = {f"train/{k}": v for k, v in averages(self.running).items()}
+        logged = {f"train/{k}": v for k, v in averages(global_sums(accelerator, self.running)).items()}
         logged.update({"train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm or 0.0)})
         self.running = {}
         return logged
@@ -255,18 +300,27 @@ class RewardRecipe(Recipe):
         self.logger.log(validation_metrics(scores), step=step)
 
     def export(self, final_dir: Path) -> None:
-        state_dict = self.accelerator.get_state_dict(self.model)  # collective: gathers ZeRO-3 shards on every rank
+        if self.sharded:  # collective: every process gathers the shards
+            state_dict = {name: full(value) for name, value in self.model.state_dict().items()}
+        else:
+            state_dict = self.accelerator.get_state_dict(self.model)  # collective: gathers ZeRO-3 shards on every rank
         if self.accelerator.is_main_process:
             self.accelerator.unwrap_model(self.model).save_pretrained(final_dir, state_dict=state_dict)
         self.accelerator.wait_for_everyone()
 
     def final_metrics(self, train_seconds: float) -> dict:
-        """The held-out pairs, the learned model against the baseline (main process; the table is printed)."""
-        if not self.accelerator.is_main_process:
+        """The held-out pairs, the learned model against the baseline (main process; the table is
+        printed). A sharded model's forwards are collectives: every process scores the same pairs
+        in step, and only the main one prints and keeps the result."""
+        main = self.accelerator.is_main_process
+        if not main and not self.sharded:
             return {}
         final_dir = self.output_dir / "final"
-        metrics = final_evaluation(self.cfg, self.accelerator.unwrap_model(self.model), self.splits, final_dir,
-                                   self.accelerator.device)
+        with contextlib.redirect_stdout(sys.stdout if main else io.StringIO()):
+            metrics = final_evaluation(self.cfg, self.accelerator.unwrap_model(self.model), self.splits, final_dir,
+                                       self.accelerator.device)
+        if not main:
+            return {}
         metrics["skipped_pairs"] = self.state.skipped
         self.logger.log({f"test/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.state.step)
         return metrics

@@ -56,3 +56,17 @@ def test_deepspeed_zero2_state_resumes(tmp_path):
     assert sorted(p.name for p in engine.glob("*.pt"))  # DeepSpeed's files, checked before they load
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log if "train/loss" in e] == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_fsdp_under_a_deepspeed_launch_is_refused_in_one_line(tmp_path):
+    """Two engines would shard the same model: train.sharding=fsdp under DeepSpeed stops before a model loads."""
+    overrides = [*TINY_REWARD_OVERRIDES, f"output_dir={tmp_path / 'run'}", f"data.synthetic.out_dir={tmp_path / 'pairs'}",
+                 "train.sharding=fsdp"]
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([ACCELERATE, "launch", "--use_deepspeed", "--deepspeed_config_file", "launch/deepspeed/zero2.json",
+                           "--num_processes", "1", "train_reward.py", "--config", "configs/reward/synthetic.yaml",
+                           *overrides], cwd=ROOT, env=env, timeout=900, capture_output=True, text=True)
+    assert done.returncode != 0
+    assert "train.sharding: fsdp and a DeepSpeed launch both shard the model" in done.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -1,6 +1,11 @@
 """Settings shared by tests: a tiny reward model and a handful of synthetic pairs; a user's data
 folder for the builders' output checks."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 TINY_REWARD_OVERRIDES = [
@@ -52,3 +57,28 @@ def write_prompt_manifests(root: Path, image_size: tuple[int, int] = (24, 16)) -
     (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (root / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows[:2]))
     return root
+
+
+# --- several processes (the FSDP tests) ------------------------------------------------------
+TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
+REPO = Path(__file__).resolve().parents[1]
+# One thread per process (the machine's cores are shared), this checkout whatever the venv points at.
+PROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
+               "PYTHONPATH": str(REPO)}
+
+
+def torchrun(processes: int, port: int, script: Path, *args: str) -> list[str]:
+    """The command line that runs `script` in `processes` CPU processes (gloo) on one machine."""
+    return [TORCHRUN, "--nproc_per_node", str(processes), "--master_port", str(port), str(script), *map(str, args)]
+
+
+def kill_when_saved(command: list[str], checkpoint: Path, timeout: float = 600) -> None:
+    """Start `command`, SIGKILL it (torchrun and every worker) once `checkpoint` is complete."""
+    process = subprocess.Popen(command, env=PROCESS_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not checkpoint.is_dir() and time.monotonic() < deadline:
+        assert process.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

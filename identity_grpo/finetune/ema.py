@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from identity_grpo.finetune.sharding import distribute, full
+from identity_grpo.core.sharding import distribute, full
 
 
 class ParameterEMA:

@@ -35,8 +35,9 @@ from identity_grpo.core.video import VideoReadError
 from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.finetune.batches import SampleSlot, sampling_batches
 from identity_grpo.finetune.sampling import sample_with_log_probs
-from identity_grpo.finetune.sharding import pad_batches
+from identity_grpo.core.sharding import pad_batches
 from identity_grpo.generators.base import Conditions, Generator
+from identity_grpo.generators.sequence_parallel import DataParallel
 from identity_grpo.rewards.registry import WeightedRewards
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Evaluator:
     def __init__(self, accelerator: Accelerator, generator: Generator, records: list[PromptRecord],
                  rewards: WeightedRewards, evaluate_fn: EvaluateFn | None, sampling, seed: int,
                  weights: Callable[[], AbstractContextManager], logger: RunLogger, output_dir: Path, num_steps: int,
-                 sharded: bool = False):
+                 sharded: bool = False, data_parallel: DataParallel | None = None):
         """generator: the evaluation view (evaluation resolution); sampling: the config's sampling
         section (eval_steps, eval_noise, eval_batch_size, grid_prompts); weights: a context that puts
         the evaluation weights in place; num_steps: the run's last step (its grid gets before | after);
@@ -102,6 +103,8 @@ class Evaluator:
         self.accelerator, self.generator, self.records = accelerator, generator, records
         self.rewards, self.evaluate_fn, self.sampling, self.seed = rewards, evaluate_fn, sampling, seed
         self.weights, self.logger, self.num_steps, self.sharded = weights, logger, num_steps, sharded
+        # Under sequence parallelism the processes of a group evaluate the same prompts together.
+        self.data_parallel = data_parallel or DataParallel(accelerator.num_processes, accelerator.process_index)
         self.samples_dir = Path(output_dir) / "samples"
         self.usable, self.skipped = readable_prompts(records)
 
@@ -112,7 +115,7 @@ class Evaluator:
         {metric: finite value}}, "non_finite": {"clip": prompts, "reward": prompts}, "skipped": {reason:
         prompts left out}}."""
         accelerator = self.accelerator
-        indices = self.usable[accelerator.process_index :: accelerator.num_processes]
+        indices = self.usable[self.data_parallel.rank :: self.data_parallel.size]
         counts = [len(r.references) for r in self.records]
         results: list[tuple[int, dict[str, float], str | None]] = []
         shown: list[tuple[int, torch.Tensor]] = []  # (prompt index, clip [T, H, W, 3]) for the grid
@@ -131,7 +134,8 @@ class Evaluator:
                 shown += list(zip(batch_indices, videos))[: self.sampling.grid_prompts - len(shown)]
         gathered = gather_object(results)
         every = {i: values for i, values, _ in gathered}  # keyed by prompt index: one entry per held-out prompt
-        non_finite = {kind: sum(why == kind for *_, why in gathered) for kind in ("clip", "reward")}
+        whys = {i: why for i, _, why in gathered}  # (a sequence-parallel group reports its prompts once per process)
+        non_finite = {kind: sum(why == kind for why in whys.values()) for kind in ("clip", "reward")}
         names = sorted({name for values in every.values() for name in values})
         averaged = {}
         for name in names:

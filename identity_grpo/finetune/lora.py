@@ -28,7 +28,7 @@ from safetensors import safe_open
 from safetensors.torch import load, save_file
 
 from identity_grpo.finetune.config import LoraSettings
-from identity_grpo.finetune.sharding import distribute, full, is_sharded
+from identity_grpo.core.sharding import distribute, full, is_sharded
 
 ADAPTER = "default"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"  # diffusers' default LoRA file name

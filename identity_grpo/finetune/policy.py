@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from identity_grpo.finetune.ema import ParameterEMA
-from identity_grpo.finetune.sharding import is_sharded
+from identity_grpo.core.sharding import is_sharded
 from identity_grpo.generators.base import Generator
 
 

@@ -37,12 +37,14 @@ from identity_grpo.finetune.guard import (GuardPoint, best_point, history_from_r
                                           log_values, warning)
 from identity_grpo.finetune.lora import (LoraCheckpoint, attach_lora, export_lora, lora_parameters, lora_state_dict,
                                          loading_instructions)
-from identity_grpo.finetune.sharding import OptimizerState, shard_transformer
+from identity_grpo.core.sharding import OptimizerState
+from identity_grpo.finetune.sharding import shard_transformer
 from identity_grpo.generators.config import DTYPES
 from identity_grpo.finetune.policy import Policy
 from identity_grpo.finetune.run_metrics import summarize, summary_table
 from identity_grpo.generators.base import Generator, at_resolution
 from identity_grpo.generators.factory import build_generator
+from identity_grpo.generators.sequence_parallel import DataParallel, enable_sequence_parallel
 from identity_grpo.rewards.registry import WeightedRewards
 from identity_grpo.world.prompt_manifests import world_identity_metrics, write_world_manifests
 
@@ -125,6 +127,13 @@ class FinetuneRecipe(Recipe):
         self.train_records, self.eval_records, hook = load_prompts(cfg.data, accelerator, self.evaluate_fn)
         if self.generator is None:
             self.generator = build_generator(cfg.generator, accelerator.device)
+        # Groups of train.sequence_parallel processes split each sample's tokens and share its prompt
+        # and noise (generators/sequence_parallel.py); the groups are data parallel.
+        split = getattr(t, "sequence_parallel", 1)
+        self.data_parallel = DataParallel(accelerator.num_processes, accelerator.process_index)
+        if split > 1:
+            experts = [self.generator.transformer, getattr(self.generator, "transformer_2", None)]
+            self.data_parallel = enable_sequence_parallel([e for e in experts if e is not None], split)
         self.build_reward()
         transformer = self.generator.trainable_module()
         params = attach_lora(transformer, cfg.lora)
@@ -138,14 +147,14 @@ class FinetuneRecipe(Recipe):
         optimizer = accelerator.prepare(self.make_optimizer(params))
         self.policy = Policy(self.policy_view(), transformer, params, optimizer, self.make_ema(params), sharded)
         group_size, groups = self.sampler_shape()
-        self.sampler = GroupSampler(len(self.train_records), group_size, groups, accelerator.num_processes,
-                                    accelerator.process_index, t.seed)
+        self.sampler = GroupSampler(len(self.train_records), group_size, groups, self.data_parallel.size,
+                                    self.data_parallel.rank, t.seed)
         self.start_logger()
         s = cfg.sampling
         self.evaluator = Evaluator(
             accelerator, at_resolution(self.generator, s.eval_height, s.eval_width, s.eval_num_frames),
             self.eval_records, self.evaluation_rewards(), self.evaluation_hook(hook), s, t.seed,
-            self.policy.ema_weights, self.logger, self.output_dir, t.num_steps, sharded)
+            self.policy.ema_weights, self.logger, self.output_dir, t.num_steps, sharded, self.data_parallel)
 
     def checkpoint_parts(self) -> dict[str, object]:
         parts = {"lora": LoraCheckpoint(self.policy.transformer),

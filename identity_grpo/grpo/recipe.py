@@ -27,7 +27,7 @@ from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.ema import ParameterEMA
 from identity_grpo.finetune.evaluation import EvaluateFn
 from identity_grpo.finetune.recipe import FinetuneRecipe
-from identity_grpo.finetune.sharding import pad_batches
+from identity_grpo.core.sharding import pad_batches
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import sample_with_log_probs
 from identity_grpo.generators.base import Generator

@@ -21,7 +21,7 @@ from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
 from identity_grpo.grpo.config import TrainSettings
 from identity_grpo.finetune.lora import adapter_disabled
 from identity_grpo.finetune.policy import Policy, average_gradients
-from identity_grpo.finetune.sharding import full, pad_batches
+from identity_grpo.core.sharding import full, pad_batches
 from identity_grpo.grpo.loss import grpo_step_loss
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import recompute_log_prob

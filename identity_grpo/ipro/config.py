@@ -13,6 +13,7 @@ Evaluation reuses GRPO's (same held-out noise per prompt, same metric names), sc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -77,6 +78,10 @@ class IproTrainSettings:
     decoder_grad_frames: int = 0
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     sharding: Literal["none", "fsdp"] = "none"  # fsdp: the transformer, LoRA and Adam state sharded (finetune/sharding.py)
+    # Processes that split each sample's video tokens (generators/sequence_parallel.py; 1: off): for
+    # samples whose activations do not fit one GPU (81x480x832 on 14B). Wan I2V only; it must divide
+    # the processes, the transformer's attention heads and the token count of every sample.
+    sequence_parallel: int = 1
     eval_every: int = 0  # steps; 0: evaluate only before and after training
     save_every: int = 0  # steps; 0: save only at the end
     keep_checkpoints: int = 2  # complete checkpoints kept (output_dir/checkpoints); a damaged newest falls back
@@ -110,7 +115,8 @@ class IproConfig(RunSettings):
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
         validate_guard(self.guard, {"eval/face_reward"}, self.data)
-        self.validate_processes(1)
+        _validate_sequence_parallel(self)
+        self.validate_processes(self.train.sequence_parallel)  # the smallest launch it can run on
 
     def validate_inputs(self, generator_given: bool = False, face_reward_given: bool = False,
                         eval_rewards_given: bool = False) -> None:
@@ -136,27 +142,40 @@ class IproConfig(RunSettings):
         """train.batch_size must split into micro-batches over processes; an error names the
         overrides that would make this launch pass (processes_fixes)."""
         t = self.train
-        if t.batch_size % (t.micro_batch_size * num_processes):
+        if num_processes % t.sequence_parallel:
+            fewer = math.gcd(num_processes, t.sequence_parallel)  # still divides the heads and tokens
+            fix, split = f"train.sequence_parallel={fewer}", t.micro_batch_size * num_processes // fewer
+            if t.batch_size % split:
+                fix += f" train.batch_size={(t.batch_size // split + 1) * split}"
+            raise ConfigError(f"train.sequence_parallel ({t.sequence_parallel}) must divide the number of processes "
+                              f"({num_processes}); on {num_processes} processes use {fix} (check that it still fits with "
+                              f"python -m identity_grpo.plan; or launch a multiple of {t.sequence_parallel} processes)")
+        groups = num_processes // t.sequence_parallel  # each group of processes runs its own samples
+        if t.batch_size % (t.micro_batch_size * groups):
+            counted = "num_processes" if t.sequence_parallel == 1 else "num_processes / train.sequence_parallel"
             raise ConfigError(f"train.batch_size ({t.batch_size}) must be divisible by train.micro_batch_size * "
-                              f"num_processes (= {t.micro_batch_size} * {num_processes}); "
-                              f"{self.processes_fixes(num_processes)}")
+                              f"{counted} (= {t.micro_batch_size} * {groups}); {self.processes_fixes(num_processes)}")
 
     def processes_fixes(self, num_processes: int) -> str:
         """The overrides that make validate_processes pass on num_processes: the same batch in smaller
         micro-batches (when the processes divide it), or the next batch size that splits."""
         t = self.train
         fixes = []
-        if t.batch_size % num_processes == 0:
-            local = t.batch_size // num_processes
+        groups = num_processes // t.sequence_parallel  # each group of processes runs its own samples
+        if t.batch_size % groups == 0:
+            local = t.batch_size // groups
             fixes.append(f"train.micro_batch_size={largest_divisor_at_most(local, t.micro_batch_size)} "
-                         f"(the same batch of {t.batch_size}, {local} per process)")
-        split = t.micro_batch_size * num_processes
+                         f"(the same batch of {t.batch_size}, {local} per {'process' if groups == num_processes else 'group'})")
+        split = t.micro_batch_size * groups
         fixes.append(f"train.batch_size={(t.batch_size // split + 1) * split}")
         return f"on {num_processes} process{'es' * (num_processes != 1)} use " + ", or ".join(fixes)
 
     def batch_arithmetic(self, num_processes: int) -> str:
         """How the optimizer step's samples split over processes and accumulation (printed at start)."""
         t, processes = self.train, f"{num_processes} process{'es' * (num_processes != 1)}"
+        if t.sequence_parallel > 1:
+            num_processes //= t.sequence_parallel
+            processes = f"{num_processes} groups of train.sequence_parallel={t.sequence_parallel} processes"
         accumulation = t.batch_size // (num_processes * t.micro_batch_size)
         return (f"batch: train.batch_size={t.batch_size} = {processes} x train.micro_batch_size={t.micro_batch_size} "
                 f"x {accumulation} accumulated forwards (samples per optimizer step)")
@@ -179,6 +198,33 @@ def _validate_train(t: IproTrainSettings, s: IproSampling, frames: int) -> None:
     if not 0 <= t.decoder_grad_frames <= frames:
         raise ConfigError(f"train.decoder_grad_frames must be in [0, {frames}] (0: all; the generator makes {frames} "
                           f"frames), got {t.decoder_grad_frames}")
+
+
+WAN_CELL = (4, 16)  # pixel frames per latent frame; pixels per token side (VAE 8 x patch 2)
+
+
+def _validate_sequence_parallel(cfg: IproConfig) -> None:
+    """Only the Wan I2V transformer declares its split; every sample's tokens split evenly."""
+    sp = cfg.train.sequence_parallel
+    require_at_least("train", cfg.train, 1, "sequence_parallel")
+    if sp == 1:
+        return
+    g, s = cfg.generator, cfg.sampling
+    if g.kind != "i2v":
+        raise ConfigError(f"train.sequence_parallel={sp} needs generator.kind i2v (diffusers declares the token split "
+                          f"of WanTransformer3DModel only; {g.kind}'s transformer cannot split)")
+    split_points = {"proj_out", "patch_embedding"} & set(cfg.lora.target_modules)  # where tokens split or gather
+    if split_points:
+        raise ConfigError(f"lora.target_modules: {sorted(split_points)[0]} is where train.sequence_parallel splits or "
+                          "gathers the tokens; a LoRA there would see the other side's shapes")
+    o = g.options
+    for where, height, width, frames in (("generator.i2v", o.height, o.width, o.num_frames),
+                                         ("sampling.eval_*", s.eval_height or o.height, s.eval_width or o.width,
+                                          s.eval_num_frames or o.num_frames)):
+        tokens = ((frames - 1) // WAN_CELL[0] + 1) * (height // WAN_CELL[1]) * (width // WAN_CELL[1])
+        if tokens % sp:
+            raise ConfigError(f"train.sequence_parallel={sp} must divide the {tokens} tokens of a {width}x{height}x"
+                              f"{frames} sample ({where})")
 
 
 def _validate_face_reward(f: FaceRewardConfig) -> None:

@@ -25,7 +25,7 @@ from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.evaluation import EvaluateFn
 from identity_grpo.finetune.policy import average_gradients
 from identity_grpo.finetune.recipe import FinetuneRecipe
-from identity_grpo.finetune.sharding import full, pad_batches
+from identity_grpo.core.sharding import full, pad_batches
 from identity_grpo.generators.base import Generator
 from identity_grpo.ipro.config import IproConfig
 from identity_grpo.ipro.face_reward import FaceReward, build_face_reward, with_face_reward
@@ -79,7 +79,7 @@ class IproRecipe(FinetuneRecipe):
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step over train.batch_size samples (all processes), accumulated over micro-batches."""
         t, accelerator, gen, policy = self.cfg.train, self.accelerator, self.generator, self.policy
-        rng = stream_rng(t.seed, Stream.SAMPLING, step, accelerator.process_index)
+        rng = stream_rng(t.seed, Stream.SAMPLING, step, self.data_parallel.rank)  # a sequence-parallel group's noise
         sigmas = gen.sigmas(self.cfg.sampling.train_steps)
         counts = [len(r.references) for r in self.train_records]
         sums = torch.zeros(3, device=accelerator.device)  # reward, KL, loss, summed over samples
@@ -121,8 +121,9 @@ class IproRecipe(FinetuneRecipe):
             raise NonFiniteStep(bad, describe(values[bad]))
         policy.optimizer.step()
         policy.optimizer.zero_grad(set_to_none=True)
-        sums = accelerator.reduce(sums, "sum") / t.batch_size
-        step_kl = accelerator.reduce(step_kl, "sum") / t.batch_size
+        counted = t.batch_size * t.sequence_parallel  # each process of a group holds the group's samples
+        sums = accelerator.reduce(sums, "sum") / counted
+        step_kl = accelerator.reduce(step_kl, "sum") / counted
         logged = {"train/reward": float(sums[0]), "train/kl": float(sums[1]), "train/loss": float(sums[2]),
                   "train/grad_norm": float(grad_norm), "time/step": time.perf_counter() - started}
         logged.update({f"train/kl_step_{k}": float(v) for k, v in enumerate(step_kl)})

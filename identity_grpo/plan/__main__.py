@@ -24,8 +24,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU (default 80)")
     parser.add_argument("--shard", default="auto", choices=["auto", "fsdp", "zero2", "none"],
                         help="auto: FSDP2 full-shard of the generator for grpo/ipro, DeepSpeed ZeRO-2 for reward")
-    parser.add_argument("--sequence-parallel", type=int, default=1,
-                        help="GPUs that split one IPRO sample's tokens (sequence / context parallelism)")
+    parser.add_argument("--sequence-parallel", type=int, default=0,
+                        help="GPUs that split one IPRO sample's tokens (sequence parallelism; default: the "
+                             "config's train.sequence_parallel)")
     parser.add_argument("--encoders", default="cpu", choices=["cpu", "gpu"],
                         help="where the frozen text/image encoders stay once embeddings are cached (default cpu)")
     parser.add_argument("--people", type=int, default=3, help="references per sample (default 3)")

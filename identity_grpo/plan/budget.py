@@ -19,7 +19,7 @@ class Launch:
     gpus: int = 8
     gpu_memory: float = 80.0  # GB per GPU
     shard: str = "auto"  # fsdp (stage 2's default), zero2 (stage 1's default), none
-    sequence_parallel: int = 1  # GPUs that split one sample's tokens (Ulysses / context parallel)
+    sequence_parallel: int = 0  # GPUs that split one sample's tokens (Ulysses); 0: the config's train.sequence_parallel
     encoders: str = "cpu"  # frozen text / image encoders once the embeddings are cached: cpu or gpu
     people: int = 3  # references per sample (the published data has 2-3 people per clip)
     reserve: float = 3.0  # GB for the CUDA context, NCCL buffers and allocator fragmentation
@@ -31,6 +31,8 @@ class Launch:
             raise PlanError(f"--shard {self.shard}: the {recipe} recipe takes {' or '.join(allowed)}")
         if self.gpus < 1 or self.gpu_memory <= 0 or self.people < 1 or self.reserve < 0:
             raise PlanError("--gpus, --gpu-memory and --people must be positive, --reserve >= 0")
+        if not self.sequence_parallel:
+            return  # taken from the config, then checked again
         if self.sequence_parallel < 1 or self.gpus % self.sequence_parallel:
             raise PlanError(f"--sequence-parallel {self.sequence_parallel} must divide --gpus {self.gpus}")
         if self.sequence_parallel > 1 and recipe != "ipro":

@@ -44,7 +44,7 @@ def plan_ipro(path: str, cfg, launch: Launch, coef: dict) -> Plan:
     elif t.micro_batch_size > 1:
         steps_lever = "train.micro_batch_size"
     elif sp < launch.gpus:
-        steps_lever = "sequence parallelism (--sequence-parallel): split each sample's tokens over more GPUs"
+        steps_lever = "train.sequence_parallel (--sequence-parallel): split each sample's tokens over more GPUs"
     else:
         steps_lever = "train.last_steps"
     latent_grad, grad_frames = decoder_grad_span(o.num_frames, t.decoder_grad_frames)

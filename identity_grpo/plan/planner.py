@@ -41,6 +41,9 @@ def make_plan(path: str | Path, overrides: list[str], launch: Launch, coefficien
     cfg = load_config(config_class, path, overrides)
     if recipe != "reward" and launch.shard == "auto":  # stage 2 shards as its config says (train.sharding)
         launch = dataclasses.replace(launch, shard=cfg.train.sharding)
+    if not launch.sequence_parallel:  # not given: as the config says (IPRO's train.sequence_parallel)
+        launch = dataclasses.replace(launch, sequence_parallel=getattr(cfg.train, "sequence_parallel", 1))
+        launch.validate(recipe)
     return plan(str(path), cfg, launch, coefficients or act.load_coefficients())
 
 

@@ -19,7 +19,8 @@ from identity_grpo.finetune.policy import Policy, average_gradients
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import sample_with_log_probs
 from identity_grpo.finetune.sde import NoiseSchedule
-from identity_grpo.finetune.sharding import full, shard_transformer
+from identity_grpo.core.sharding import full
+from identity_grpo.finetune.sharding import shard_transformer
 from identity_grpo.generators.tiny import TinyWanConfig, tiny_vace_generator
 from identity_grpo.generators.vace import VaceOptions
 from identity_grpo.grpo.config import TrainSettings

@@ -1,25 +1,23 @@
-"""FSDP2 (finetune/sharding.py) on 2 CPU processes (gloo) equals 1 process with the whole batch: a
-GRPO update (uneven micro-batch counts per process, so the padding runs) and an IPRO step give the
-same updated LoRA and logged values to float32 tolerance."""
+"""FSDP2 (core/sharding.py, finetune/sharding.py) on 2 CPU processes (gloo) equals 1 process with
+the whole batch: a GRPO update (uneven micro-batch counts per process, so the padding runs) and an
+IPRO step give the same updated LoRA and logged values to float32 tolerance."""
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests_support import PROCESS_ENV, kill_when_saved, torchrun
+
 DRIVER = Path(__file__).with_name("fsdp_driver.py")
-TORCHRUN = str(Path(sys.executable).with_name("torchrun"))
 
 
 def run(kind: str, processes: int, out: Path) -> tuple[dict, dict]:
     out.mkdir()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    subprocess.run([TORCHRUN, "--nproc_per_node", str(processes), "--master_port", str(29400 + processes),
-                    str(DRIVER), kind, str(out)], env=env, check=True, timeout=600, capture_output=True)
+    subprocess.run(torchrun(processes, 29400 + processes, DRIVER, kind, out), env=PROCESS_ENV, check=True,
+                   timeout=600, capture_output=True)
     return load_file(str(out / "lora.safetensors")), json.loads((out / "logged.json").read_text())
 
 
@@ -43,9 +41,6 @@ RESUME_DRIVER = Path(__file__).resolve().parents[1] / "recipes" / "resume_driver
 def test_sharded_run_resumes_exactly_and_exports_whole_weights(tmp_path, kind):
     """A 2-process sharded run (checkpoints of gathered shards, 3 held-out prompts: uneven per
     process) killed after step 2 and rerun ends with the LoRA of an uninterrupted sharded run."""
-    import signal
-    import time
-
     prompts = tmp_path / "prompts"
     prompts.mkdir()
     rows = []
@@ -57,23 +52,14 @@ def test_sharded_run_resumes_exactly_and_exports_whole_weights(tmp_path, kind):
         rows.append({"prompt": f"person {i}", "references": [f"ref{i}.png"]})
     (prompts / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     (prompts / "eval.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
 
     def command(out, port):
-        return [TORCHRUN, "--nproc_per_node", "2", "--master_port", str(port), str(RESUME_DRIVER), kind,
-                str(prompts), str(out), "train.sharding=fsdp", *(["train.batch_size=4"] if kind == "ipro" else [])]
+        return torchrun(2, port, RESUME_DRIVER, kind, prompts, out, "train.sharding=fsdp",
+                        *(["train.batch_size=4"] if kind == "ipro" else []))
 
-    subprocess.run(command(tmp_path / "straight", 29411), env=env, check=True, timeout=600, capture_output=True)
-    process = subprocess.Popen(command(tmp_path / "killed", 29412), env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 600
-    while not (tmp_path / "killed" / "checkpoints" / "step_00000002").is_dir() and time.monotonic() < deadline:
-        assert process.poll() is None, "the run ended before it could be killed"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers
-    process.wait()
-    subprocess.run(command(tmp_path / "killed", 29413), env=env, check=True, timeout=600, capture_output=True)
+    subprocess.run(command(tmp_path / "straight", 29411), env=PROCESS_ENV, check=True, timeout=600, capture_output=True)
+    kill_when_saved(command(tmp_path / "killed", 29412), tmp_path / "killed" / "checkpoints" / "step_00000002")
+    subprocess.run(command(tmp_path / "killed", 29413), env=PROCESS_ENV, check=True, timeout=600, capture_output=True)
     straight = load_file(str(tmp_path / "straight" / "final" / "pytorch_lora_weights.safetensors"))
     resumed = load_file(str(tmp_path / "killed" / "final" / "pytorch_lora_weights.safetensors"))
     assert set(straight) == set(resumed)

@@ -58,6 +58,15 @@ def tiny(*overrides: str) -> IproConfig:
     (["data.world.enabled=true", "data.world.num_heldout=-1"],
      r"^override data\.world\.num_heldout=-1: data\.world\.num_heldout must be >= 0, got -1$"),
     (["lora.r=0"], "lora.r must be >= 1"),
+    (["train.sequence_parallel=0"], r"train\.sequence_parallel must be >= 1, got 0"),
+    (["train.sequence_parallel=2"], r"train\.sequence_parallel=2 needs generator\.kind i2v"),
+    (["generator.kind=i2v", "generator.i2v.height=48", "generator.i2v.width=16", "generator.i2v.num_frames=1",
+      "train.decoder_grad_frames=0", "train.sequence_parallel=2"],
+     r"train\.sequence_parallel=2 must divide the 3 tokens of a 16x48x1 sample \(generator\.i2v\)"),
+    (["generator.kind=i2v", "sampling.eval_height=48", "sampling.eval_width=16", "sampling.eval_num_frames=1",
+      "train.sequence_parallel=2"], r"must divide the 3 tokens of a 16x48x1 sample \(sampling\.eval_\*\)"),
+    (["generator.kind=i2v", "train.sequence_parallel=2", "lora.target_modules=[to_q, proj_out]"],
+     "lora.target_modules: proj_out is where train.sequence_parallel splits"),
     (["hub.push=true"], "hub.repo_id is empty"),
 ])
 def test_bad_values_name_their_field(overrides, message):
@@ -119,3 +128,15 @@ def test_inputs_are_checked_before_any_model_loads(manifests):
         tiny("data.world.enabled=true").validate_inputs()
     with pytest.raises(ConfigError, match=r"num_processes \(= 2 \* 3\)"):
         tiny(*data).validate_processes(3)
+
+
+def test_sequence_parallel_groups_share_the_samples():
+    """The 14B recipes split each sample over 4 processes: 8 GPUs are 2 groups, each accumulating
+    32 of the 64 samples; the processes must split into whole groups."""
+    cfg = load_config(IproConfig, ROOT / "configs" / "ipro" / "wan2.1_i2v_14b.yaml")
+    assert cfg.train.sequence_parallel == 4
+    assert "2 groups of train.sequence_parallel=4 processes x train.micro_batch_size=1 x 32" in cfg.batch_arithmetic(8)
+    with pytest.raises(ConfigError, match=r"train\.sequence_parallel \(4\) must divide the number of processes \(6\)"):
+        cfg.validate_processes(6)
+    with pytest.raises(ConfigError, match=r"micro_batch_size \* num_processes / train\.sequence_parallel \(= 1 \* 48\)"):
+        cfg.validate_processes(192)  # 48 groups do not split 64 samples

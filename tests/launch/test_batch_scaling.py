@@ -47,6 +47,9 @@ def test_grpo_arithmetic_of_the_published_recipe():
 
 def test_ipro_and_stage_1_arithmetic():
     assert ipro(IPRO[0]).batch_arithmetic(8) == (
+        "batch: train.batch_size=64 = 2 groups of train.sequence_parallel=4 processes x train.micro_batch_size=1 x 32 "
+        "accumulated forwards (samples per optimizer step)")
+    assert ipro(IPRO[0], "train.sequence_parallel=1").batch_arithmetic(8) == (
         "batch: train.batch_size=64 = 8 processes x train.micro_batch_size=1 x 8 accumulated forwards "
         "(samples per optimizer step)")
     reward = load_config(RewardConfig, ROOT / "configs/reward/qwen2_5_vl_3b.yaml")
@@ -72,19 +75,26 @@ def test_grpo_recipe_scales_from_8_to_64_gpus(path):
 
 @pytest.mark.parametrize("path", IPRO)
 def test_ipro_recipe_runs_on_8_and_64_gpus_and_names_the_fix_beyond(path):
-    cfg = ipro(path)
+    cfg = ipro(path)  # each sample split over 4 GPUs (train.sequence_parallel)
     cfg.validate_processes(8)
-    cfg.validate_processes(64)  # batch 64 = 64 processes x 1 x 1: no accumulation left
-    assert "x 1 accumulated forwards" in cfg.batch_arithmetic(64)
-    with pytest.raises(ConfigError, match=r"\(= 1 \* 128\); on 128 processes use train\.batch_size=128$"):
-        cfg.validate_processes(128)
+    cfg.validate_processes(64)
+    cfg.validate_processes(256)  # batch 64 = 64 groups of 4 x 1 x 1: no accumulation left
+    assert "x 1 accumulated forwards" in cfg.batch_arithmetic(256)
+    with pytest.raises(ConfigError, match=r"\(= 1 \* 128\); on 512 processes use train\.batch_size=128$"):
+        cfg.validate_processes(512)
+    with pytest.raises(ConfigError, match=r"on 6 processes use train\.sequence_parallel=2 train\.batch_size=66 "):
+        cfg.validate_processes(6)
 
 
 def test_ipro_names_a_smaller_micro_batch_when_it_keeps_the_batch():
     with pytest.raises(ConfigError) as refused:
-        ipro(IPRO[0], "train.micro_batch_size=4").validate_processes(32)
+        ipro(IPRO[0], "train.micro_batch_size=4", "train.sequence_parallel=1").validate_processes(32)
     assert str(refused.value).endswith("on 32 processes use train.micro_batch_size=2 (the same batch of 64, 2 per "
                                        "process), or train.batch_size=128")
+    with pytest.raises(ConfigError) as refused:  # 128 GPUs = 32 groups of 4
+        ipro(IPRO[0], "train.micro_batch_size=4").validate_processes(128)
+    assert str(refused.value).endswith("on 128 processes use train.micro_batch_size=2 (the same batch of 64, 2 per "
+                                       "group), or train.batch_size=128")
 
 
 def test_updates_beyond_the_samples_per_process_name_the_fix():

@@ -93,3 +93,10 @@ def test_label_column_picks_the_videoalign_preference(tmp_path):
         load_config(RewardConfig, SYNTHETIC, ["data.label_column=TA"])
     assert str(caught.value) == ("override data.label_column=TA: data.label_column ('TA') picks a column of a CSV "
                                  "manifest; none of data.train_manifest / val_manifest / test_manifest is a .csv")
+
+
+def test_sharding_takes_fsdp_or_none_as_stage_2_does():
+    assert load_config(RewardConfig, None, ["train.sharding=fsdp"]).train.sharding == "fsdp"
+    assert load_config(RewardConfig, ROOT / "configs/reward/qwen2_5_vl_3b.yaml").train.sharding == "none"
+    with pytest.raises(ConfigError, match="train.sharding"):
+        load_config(RewardConfig, None, ["train.sharding=zero3"])
