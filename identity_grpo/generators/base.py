@@ -71,6 +71,10 @@ class Generator(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, C, T, H, W] -> frames [B, T, H, W, 3] float in [0, 1]."""
 
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, pixel frame indices [B, k] -> those frames [B, k, H, W, 3]: gradients
+        flow only through the latent chunks that hold them (IPRO's train.decoder_grad_frames)."""
+
     def trainable_module(self) -> torch.nn.Module:
         """The module LoRA is attached to (the diffusion transformer)."""
 

@@ -37,6 +37,7 @@ from identity_grpo.generators.wan_common import (
     latent_frame_count,
     sigma_to_timestep,
     vae_decode,
+    vae_decode_frames,
     vae_encode,
     vae_scale_factors,
     video_to_frames,
@@ -286,3 +287,8 @@ class PhantomGenerator:
         if latents.shape[2] != self.latent_frames:
             raise ValueError(f"phantom.decode: latents have {latents.shape[2]} frames, the video has {self.latent_frames}")
         return video_to_frames(vae_decode(self.vae, latents))
+
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, frame indices [B, k] -> frames [B, k, H, W, 3] in [0, 1]: only the latent
+        chunks holding them decode with gradients (generators/causal_decode.py)."""
+        return video_to_frames(vae_decode_frames(self.vae, latents, frames, checkpointed))

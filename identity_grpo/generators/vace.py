@@ -33,6 +33,7 @@ from identity_grpo.generators.wan_common import (
     latent_frame_count,
     sigma_to_timestep,
     vae_decode,
+    vae_decode_frames,
     vae_encode,
     vae_scale_factors,
     video_to_frames,
@@ -248,3 +249,11 @@ class VaceGenerator:
                 f"vace.decode: latents have {latents.shape[2]} frames, fewer than the video's {self.latent_frames}"
             )
         return video_to_frames(vae_decode(self.vae, latents[:, :, num_refs:]))
+
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, frame indices [B, k] -> frames [B, k, H, W, 3] in [0, 1]: only the latent
+        chunks holding them decode with gradients (generators/causal_decode.py)."""
+        num_refs = latents.shape[2] - self.latent_frames
+        if num_refs < 0:
+            raise ValueError(f"vace.decode_frames: latents have {latents.shape[2]} frames, fewer than {self.latent_frames}")
+        return video_to_frames(vae_decode_frames(self.vae, latents[:, :, num_refs:], frames, checkpointed))

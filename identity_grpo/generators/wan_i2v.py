@@ -44,6 +44,7 @@ from identity_grpo.generators.wan_common import (
     latent_frame_count,
     sigma_to_timestep,
     vae_decode,
+    vae_decode_frames,
     vae_encode,
     vae_scale_factors,
     video_to_frames,
@@ -291,3 +292,8 @@ class I2vGenerator:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, z, T, h, w] -> frames [B, num_frames, H, W, 3] in [0, 1] (the first frame included)."""
         return video_to_frames(vae_decode(self.vae, latents))
+
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, frame indices [B, k] -> frames [B, k, H, W, 3] in [0, 1]: only the latent
+        chunks holding them decode with gradients (generators/causal_decode.py)."""
+        return video_to_frames(vae_decode_frames(self.vae, latents, frames, checkpointed))

@@ -218,6 +218,34 @@ def test_accumulation_and_micro_batches_give_the_same_gradient(data, tmp_path):
     assert logged_one["train/reward"] == pytest.approx(logged_two["train/reward"], abs=1e-5)
 
 
+def test_decoder_grad_frames_all_is_todays_gradient_and_a_subset_scores_only_drawn_frames(data, tmp_path):
+    seen = []
+
+    def gradients(*overrides):
+        cfg = ipro_config(data, tmp_path / "g", "vace", "train.max_grad_norm=0", *overrides)
+        inner = slot_face_reward()
+
+        def face_reward(videos, records):
+            seen.append(tuple(videos.shape))
+            return inner(videos, records)
+
+        ipro = IproRecipe(cfg, build_generator(cfg.generator), face_reward, None, BRIGHTNESS)
+        ipro.setup()
+        ipro.policy.optimizer = NoStep()
+        ipro.train_step(0)
+        return [p.grad.clone() for p in ipro.policy.params]
+
+    today = gradients()  # decoder_grad_frames 0: every frame
+    for a, b in zip(today, gradients("train.decoder_grad_frames=5")):  # all 5 frames: the same path
+        assert torch.equal(a, b)
+    assert {shape[1:] for shape in seen} == {(5, 32, 32, 3)}
+    seen.clear()
+    subset = gradients("train.decoder_grad_frames=2")
+    assert {shape[1:] for shape in seen} == {(2, 32, 32, 3)}  # the reward scored the 2 drawn frames of each sample
+    assert all(torch.isfinite(g).all() for g in subset) and sum(g.abs().sum() for g in subset) > 0
+    assert any(not torch.allclose(a, b) for a, b in zip(today, subset))
+
+
 def test_checkpointed_decoder_gives_the_same_gradient(vace):
     gen, _, conds, noise = vace
     latents = noise[:, :, 2:].clone().requires_grad_(True)  # the video frames (references dropped by decode)
