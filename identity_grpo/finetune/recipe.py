@@ -1,7 +1,8 @@
 """What GRPO and IPRO share around their training steps: prompts, the generator with a LoRA, the
 held-out evaluation before, during and after training, checkpoints and the exported LoRA.
 
-    setup(): accelerator, prompts (the synthetic world writes its own), generator, the method's
+    setup(): accelerator, prompts (the synthetic world writes its own), generator (its prompt
+             embeddings cached and text encoder offloaded with generator.offload_text_encoder), the method's
              reward (build_reward), the LoRA (+ gradient checkpointing), the method's optimizer,
              the evaluator (with the method's evaluation rewards and hook)
     before_training(): the evaluation before any update, kept in the state (a resumed run still reports it)
@@ -111,6 +112,8 @@ class FinetuneRecipe(Recipe):
         self.train_records, self.eval_records, hook = load_prompts(cfg.data, accelerator, self.evaluate_fn)
         if self.generator is None:
             self.generator = build_generator(cfg.generator, accelerator.device)
+        if cfg.generator.offload_text_encoder:  # every prompt the run uses, encoded once; UMT5 leaves the GPU
+            self.generator.offload_text_encoder([r.prompt for r in (*self.train_records, *self.eval_records)])
         self.build_reward()
         transformer = self.generator.trainable_module()
         params = attach_lora(transformer, cfg.lora)

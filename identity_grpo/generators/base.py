@@ -91,6 +91,10 @@ class Generator(Protocol):
     def without_guidance(self) -> "Generator":
         """The same modules with classifier-free guidance off (one conditional branch per forward)."""
 
+    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
+        """Encode `prompts` (every one the run will use) once, keep them on the CPU and move the text
+        encoder there; encode_conditions then reads them (a prompt not given here is an error)."""
+
     def modules(self) -> list[torch.nn.Module]:
         """Every module it runs (to move them to a device)."""
 

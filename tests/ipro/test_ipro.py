@@ -2,6 +2,7 @@
 training steps end to end on tiny VACE and image-to-video generators."""
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -244,6 +245,18 @@ def test_decoder_grad_frames_all_is_todays_gradient_and_a_subset_scores_only_dra
     assert {shape[1:] for shape in seen} == {(2, 32, 32, 3)}  # the reward scored the 2 drawn frames of each sample
     assert all(torch.isfinite(g).all() for g in subset) and sum(g.abs().sum() for g in subset) > 0
     assert any(not torch.allclose(a, b) for a, b in zip(today, subset))
+
+
+def test_setup_caches_every_prompt_and_offloads_the_text_encoder(data, tmp_path):
+    cfg = ipro_config(data, tmp_path / "o", "vace", "generator.offload_text_encoder=true")
+    ipro = IproRecipe(cfg, build_generator(cfg.generator), slot_face_reward(), None, BRIGHTNESS)
+    ipro.setup()
+    cache = ipro.generator.prompt_cache
+    prompts = {r.prompt for r in (*ipro.train_records, *ipro.eval_records)} | {cfg.generator.vace.negative_prompt}
+    assert cache.filled and {p for p, _ in cache.embeddings} == prompts
+    assert ipro.evaluator.generator.prompt_cache is cache  # the evaluation's view reads it too
+    ipro.generator.text_encoder.forward = None  # it must not run again: a step reads the cache
+    assert math.isfinite(ipro.train_step(0)["train/loss"])
 
 
 def test_checkpointed_decoder_gives_the_same_gradient(vace):
