@@ -126,7 +126,23 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     latents = latents.to(device=vae_param.device, dtype=torch.float32)
     mean, std = _latent_stats(vae, latents)
     raw = (latents * std + mean).to(vae_param.dtype)
-    return vae.decode(raw, return_dict=False)[0].float()
+    if not vae.use_tiling:
+        return vae.decode(raw, return_dict=False)[0].float()
+    if torch.is_grad_enabled() and raw.requires_grad:  # tiles are for decoding without gradients: a graded decode stays exact
+        vae.use_tiling = False
+        try:
+            return vae.decode(raw, return_dict=False)[0].float()
+        finally:
+            vae.use_tiling = True
+    return tiled_decode(vae, raw)
+
+
+def tiled_decode(vae, raw: torch.Tensor) -> torch.Tensor:
+    """generator.vae_tiling: clips one at a time, each in overlapping spatial tiles that diffusers blends
+    (AutoencoderKLWan.tiled_decode; 256-pixel tiles every 192 by default), so the decoder's working set
+    is one tile's instead of a batch of whole frames. Blending makes the seams differ slightly from an
+    untiled decode (tests/generators/test_vae_tiling.py bounds it)."""
+    return torch.cat([vae.decode(clip, return_dict=False)[0].float() for clip in raw.split(1)])
 
 
 def vae_decode_frames(vae, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool) -> torch.Tensor:
