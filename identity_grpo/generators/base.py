@@ -52,6 +52,8 @@ class Conditions:
 class Generator(Protocol):
     """What the sampler and trainers need from a video generator."""
 
+    temporal_factor: int  # pixel frames per latent frame after the first (the Wan VAE: 4)
+
     def encode_conditions(
         self, prompts: Sequence[str], references: Sequence[Sequence[np.ndarray]]
     ) -> Conditions:

@@ -68,11 +68,12 @@ class IproTrainSettings:
     # w_k of the K steps, first to last; empty: 1 each.
     kl_step_weights: list[float] = field(default_factory=list)
     decoder_checkpointing: bool = True  # recompute the VAE decoder in backward instead of storing it
-    # Pixel frames decoded with gradients and scored by the face reward (0: all). Drawn per sample,
-    # uniformly (ipro/decoder_frames.py): the reward over them is an unbiased estimate of the clip's
-    # per-frame mean, and the decoder keeps activations (~12.7 KB per output pixel-frame under bf16:
-    # ~410 GB for 81 frames at 480x832) only for the latent chunks holding them, one chunk at a time
-    # when decoder_checkpointing (generators/causal_decode.py). train/reward then logs that estimate.
+    # Pixel frames decoded with gradients and scored by the face reward (0: all), rounded up to whole
+    # latent chunks of 4 frames, drawn per sample in proportion to the frames they hold
+    # (ipro/decoder_frames.py): the reward over them is an unbiased estimate of the clip's per-frame
+    # mean (train/reward logs that estimate), and the decoder keeps activations (~12.7 KB per output
+    # pixel-frame under bf16: ~410 GB for 81 frames at 480x832) only for the drawn chunks, one at a time
+    # with decoder_checkpointing (generators/causal_decode.py).
     decoder_grad_frames: int = 0
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     sharding: Literal["none", "fsdp"] = "none"  # fsdp: the transformer, LoRA and Adam state sharded (finetune/sharding.py)

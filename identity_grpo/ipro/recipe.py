@@ -77,13 +77,13 @@ class IproRecipe(FinetuneRecipe):
         return {"reward": f"{logged['train/reward']:.3f}", "kl": f"{logged['train/kl']:.2e}"}
 
     def decode_for_reward(self, latents: torch.Tensor, step: int, micro_batch: int) -> torch.Tensor:
-        """The frames the face reward scores: all of them, or train.decoder_grad_frames drawn per sample
-        (ipro/decoder_frames.py), decoded with gradients through their latent chunks only."""
+        """The frames the face reward scores: all of them, or whole latent chunks for train.decoder_grad_frames
+        drawn per sample (ipro/decoder_frames.py), decoded with gradients through those chunks only."""
         t, frames = self.cfg.train, self.cfg.generator.options.num_frames
         if t.decoder_grad_frames in (0, frames):
             return decode(self.generator, latents, t.decoder_checkpointing)
         drawn = graded_frames(t.seed, step, self.accelerator.process_index, micro_batch, latents.shape[0], frames,
-                              t.decoder_grad_frames)
+                              t.decoder_grad_frames, self.generator.temporal_factor)
         return self.generator.decode_frames(latents, drawn, t.decoder_checkpointing)
 
     # --- the step ---------------------------------------------------------------------------

@@ -26,8 +26,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
                         help="auto: FSDP2 full-shard of the generator for grpo/ipro, DeepSpeed ZeRO-2 for reward")
     parser.add_argument("--sequence-parallel", type=int, default=1,
                         help="GPUs that split one IPRO sample's tokens (sequence / context parallelism)")
-    parser.add_argument("--encoders", default="cpu", choices=["cpu", "gpu"],
-                        help="where the frozen text/image encoders stay once embeddings are cached (default cpu)")
     parser.add_argument("--people", type=int, default=3, help="references per sample (default 3)")
     parser.add_argument("--reserve", type=float, default=3.0, help="GB kept free per GPU (default 3)")
     parser.add_argument("--coefficients", help="coefficients JSON (default: the package's measured table)")
@@ -37,7 +35,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     launch = Launch(gpus=args.gpus, gpu_memory=args.gpu_memory, shard=args.shard,
-                    sequence_parallel=args.sequence_parallel, encoders=args.encoders, people=args.people,
+                    sequence_parallel=args.sequence_parallel, people=args.people,
                     reserve=args.reserve)
     coefficients = load_coefficients(args.coefficients) if args.coefficients else load_coefficients()
     try:
