@@ -47,7 +47,7 @@ def generator_of(g, people: int) -> Generator:
                     "checkpoints only (Wan2.1-VACE-1.3B, Wan2.1-T2V-1.3B + Phantom, Wan2.1-I2V-14B, Wan2.2-I2V-A14B)")
 
 
-def generator_resident(g, gen: Generator, shards: int, launch: Launch) -> list[Item]:
+def generator_resident(g, gen: Generator, shards: int) -> list[Item]:
     dtype, shard_note = DTYPE_BYTES[g.dtype], f", FSDP / {shards}" if shards > 1 else ""
     params = sum(a.params() for a in gen.transformers)
     items = [Item(f"transformer {gen.name} ({params / 1e9:.2f}B, {g.dtype}{shard_note})", params * dtype / shards,

@@ -20,7 +20,7 @@ def plan_grpo(path: str, cfg, launch: Launch, coef: dict) -> Plan:
     eval_h, eval_w, eval_f = eval_size(s, o)
     eval_tokens = act.wan_tokens(arch, eval_h, eval_w, eval_f, gen.reference_frames)
     state = 4 + 4 + 8 + (4 if t.ema_decay > 0 else 0)
-    resident = generator_resident(g, gen, shards, launch) + reward_models(cfg.rewards, "rewards")
+    resident = generator_resident(g, gen, shards) + reward_models(cfg.rewards, "rewards")
     resident.append(lora_item(cfg.lora, arch, shards, state, "grads + AdamW" + (" + EMA" if t.ema_decay > 0 else "")))
 
     # A sample's stored trajectory: every latent (float32) and its prompt + negative embeddings (+ VACE's control latents).

@@ -31,7 +31,7 @@ def plan_ipro(path: str, cfg, launch: Launch, coef: dict) -> Plan:
     eval_h, eval_w, eval_f = eval_size(s, o)
     eval_tokens = act.wan_tokens(arch, eval_h, eval_w, eval_f, gen.reference_frames)
     arcface = coef["arcface_r100"]
-    resident = generator_resident(g, gen, shards, launch)
+    resident = generator_resident(g, gen, shards)
     resident.append(Item(f"ArcFace r100 ({arcface['params'] / 1e6:.0f}M, fp32)", arcface["params"] * 4,
                          "face_reward.arcface.arch"))
     resident += reward_models(cfg.eval_rewards, "eval_rewards")
