@@ -23,6 +23,7 @@ class Stream(IntEnum):
     SAMPLING = 6  # initial and per-step noise of training samples (step, process)
     UPDATE = 7  # the update phase's shuffles of samples and timesteps (step, process)
     PAIR_ORDER = 8  # stage 1: the order of the training pairs in one epoch (epoch)
+    DECODER_FRAMES = 9  # IPRO: the frames a sample decodes with gradients (step, process, micro-batch, sample)
 
 
 def mix_seed(*parts: int) -> int:

@@ -1,7 +1,8 @@
 """What GRPO and IPRO share around their training steps: prompts, the generator with a LoRA, the
 held-out evaluation before, during and after training, checkpoints and the exported LoRA.
 
-    setup(): accelerator, prompts (the synthetic world writes its own), generator, the method's
+    setup(): accelerator, prompts (the synthetic world writes its own), generator (its prompt
+             embeddings cached and text encoder offloaded with generator.offload_text_encoder), the method's
              reward (build_reward), the LoRA (+ gradient checkpointing), the method's optimizer,
              the evaluator (with the method's evaluation rewards and hook)
     before_training(): the evaluation before any update, kept in the state (a resumed run still reports it)
@@ -134,6 +135,8 @@ class FinetuneRecipe(Recipe):
         if split > 1:
             experts = [self.generator.transformer, getattr(self.generator, "transformer_2", None)]
             self.data_parallel = enable_sequence_parallel([e for e in experts if e is not None], split)
+        if cfg.generator.offload_text_encoder:  # every prompt the run uses, encoded once; UMT5 leaves the GPU
+            self.generator.offload_text_encoder([r.prompt for r in (*self.train_records, *self.eval_records)])
         self.build_reward()
         transformer = self.generator.trainable_module()
         params = attach_lora(transformer, cfg.lora)

@@ -52,6 +52,8 @@ class Conditions:
 class Generator(Protocol):
     """What the sampler and trainers need from a video generator."""
 
+    temporal_factor: int  # pixel frames per latent frame after the first (the Wan VAE: 4)
+
     def encode_conditions(
         self, prompts: Sequence[str], references: Sequence[Sequence[np.ndarray]]
     ) -> Conditions:
@@ -71,6 +73,10 @@ class Generator(Protocol):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, C, T, H, W] -> frames [B, T, H, W, 3] float in [0, 1]."""
 
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, pixel frame indices [B, k] -> those frames [B, k, H, W, 3]: gradients
+        flow only through the latent chunks that hold them (IPRO's train.decoder_grad_frames)."""
+
     def trainable_module(self) -> torch.nn.Module:
         """The module LoRA is attached to (the diffusion transformer)."""
 
@@ -86,6 +92,10 @@ class Generator(Protocol):
 
     def without_guidance(self) -> "Generator":
         """The same modules with classifier-free guidance off (one conditional branch per forward)."""
+
+    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
+        """Encode `prompts` (every one the run will use) once, keep them on the CPU and move the text
+        encoder there; encode_conditions then reads them (a prompt not given here is an error)."""
 
     def modules(self) -> list[torch.nn.Module]:
         """Every module it runs (to move them to a device)."""

@@ -33,6 +33,14 @@ class GeneratorConfig:
     phantom_checkpoint: str = ""
     dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
     vae_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Encode every training and held-out prompt once at setup, keep the embeddings on the CPU and move
+    # the text encoder (UMT5-XXL, 11 GB in bf16) off the GPU for the run; an unseen prompt is then an error.
+    offload_text_encoder: bool = False
+    # Decode without gradients (GRPO's rollouts, every evaluation) one clip at a time in overlapping
+    # 256-pixel spatial tiles (diffusers' AutoencoderKLWan tiling): the decoder's working set drops from
+    # a batch of whole frames to one tile, the frames differ slightly at tile seams. Decodes with
+    # gradients (IPRO) stay untiled.
+    vae_tiling: bool = False
     seed: int = 0  # weight seed of the tiny components
     toy_cache_dir: str = "data/cache/toy_generators"  # "toy": where the pretrained toy generators are kept
     vace: VaceOptions = field(default_factory=VaceOptions)

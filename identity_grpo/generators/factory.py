@@ -17,7 +17,15 @@ from identity_grpo.generators.wan_i2v import I2vGenerator
 def build_generator(cfg: GeneratorConfig, device: torch.device | str = "cpu") -> Generator:
     """From a diffusers folder / hub id; "tiny": the real classes at test size with seeded random
     weights (float32; each component gets its own seed as generators/tiny.py does); "toy": the
-    synthetic world's toy generator of this kind, pretrained on first use (float32)."""
+    synthetic world's toy generator of this kind, pretrained on first use (float32). With
+    cfg.vae_tiling its no-grad decodes are tiled (wan_common.tiled_decode)."""
+    generator = _build(cfg, device)
+    if cfg.vae_tiling:
+        generator.vae.enable_tiling()
+    return generator
+
+
+def _build(cfg: GeneratorConfig, device: torch.device | str) -> Generator:
     if cfg.pretrained == TOY:
         from identity_grpo.generators.toy_pretraining import load_toy_generator  # only the synthetic world needs it
 

@@ -31,12 +31,13 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
+from identity_grpo.generators.prompt_cache import PromptCache, cache_and_offload, embed_prompts
 from identity_grpo.generators.phantom_convert import load_converted, load_original_state_dict
 from identity_grpo.generators.wan_common import (
-    encode_prompts,
     latent_frame_count,
     sigma_to_timestep,
     vae_decode,
+    vae_decode_frames,
     vae_encode,
     vae_scale_factors,
     video_to_frames,
@@ -118,6 +119,7 @@ class PhantomGenerator:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.options = options
+        self.prompt_cache = PromptCache()  # filled by offload_text_encoder; views share it
         self.temporal_factor, self.spatial_factor = vae_scale_factors(vae)
         self.latent_frames = latent_frame_count(options.num_frames, self.temporal_factor)
         cell = self.spatial_factor * transformer.config.patch_size[1]
@@ -181,8 +183,10 @@ class PhantomGenerator:
         """The same modules under changed options (e.g. the evaluation resolution); no weight is copied."""
         if not changes:
             return self
-        return PhantomGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer,
+        view = PhantomGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer,
                              dataclasses.replace(self.options, **changes))
+        view.prompt_cache = self.prompt_cache
+        return view
 
     def without_guidance(self) -> "PhantomGenerator":
         """Classifier-free guidance off: one conditional branch per forward."""
@@ -190,6 +194,15 @@ class PhantomGenerator:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.transformer, self.vae, self.text_encoder]
+
+    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
+        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
+        there; encode_conditions then reads the cache (generators/prompt_cache.py)."""
+        cache_and_offload(self, self.prompt_cache, prompts)
+
+    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        return embed_prompts(self.tokenizer, self.text_encoder, self.prompt_cache, prompts,
+                             self.options.max_sequence_length, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -215,8 +228,8 @@ class PhantomGenerator:
         if len(counts) > 1:
             raise ValueError(f"phantom.encode_conditions: every sample needs the same number of references, got {sorted(counts)}")
         o = self.options
-        prompt_embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts, o.max_sequence_length)
-        null = encode_prompts(self.tokenizer, self.text_encoder, [o.negative_prompt], o.max_sequence_length)
+        prompt_embeds = self._embed(prompts)
+        null = self._embed([o.negative_prompt])
         return Conditions(
             tensors={
                 "prompt_embeds": prompt_embeds,  # [B, L, D]
@@ -286,3 +299,8 @@ class PhantomGenerator:
         if latents.shape[2] != self.latent_frames:
             raise ValueError(f"phantom.decode: latents have {latents.shape[2]} frames, the video has {self.latent_frames}")
         return video_to_frames(vae_decode(self.vae, latents))
+
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, frame indices [B, k] -> frames [B, k, H, W, 3] in [0, 1]: only the latent
+        chunks holding them decode with gradients (generators/causal_decode.py)."""
+        return video_to_frames(vae_decode_frames(self.vae, latents, frames, checkpointed))

@@ -26,13 +26,14 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
+from identity_grpo.generators.prompt_cache import PromptCache, cache_and_offload, embed_prompts
 from identity_grpo.generators.wan_common import (
-    encode_prompts,
     fit_on_canvas,
     image_to_tensor,
     latent_frame_count,
     sigma_to_timestep,
     vae_decode,
+    vae_decode_frames,
     vae_encode,
     vae_scale_factors,
     video_to_frames,
@@ -75,6 +76,7 @@ class VaceGenerator:
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.options = options
+        self.prompt_cache = PromptCache()  # filled by offload_text_encoder; views share it
         self.temporal_factor, self.spatial_factor = vae_scale_factors(vae)
         self.latent_frames = latent_frame_count(options.num_frames, self.temporal_factor)
         patch = transformer.config.patch_size
@@ -133,8 +135,10 @@ class VaceGenerator:
         """The same modules under changed options (e.g. the evaluation resolution); no weight is copied."""
         if not changes:
             return self
-        return VaceGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer,
+        view = VaceGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer,
                              dataclasses.replace(self.options, **changes))
+        view.prompt_cache = self.prompt_cache
+        return view
 
     def without_guidance(self) -> "VaceGenerator":
         """Classifier-free guidance off: one conditional branch per forward."""
@@ -142,6 +146,15 @@ class VaceGenerator:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.transformer, self.vae, self.text_encoder]
+
+    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
+        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
+        there; encode_conditions then reads the cache (generators/prompt_cache.py)."""
+        cache_and_offload(self, self.prompt_cache, prompts)
+
+    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        return embed_prompts(self.tokenizer, self.text_encoder, self.prompt_cache, prompts,
+                             self.options.max_sequence_length, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -172,8 +185,8 @@ class VaceGenerator:
             )
         batch = len(prompts)
         o = self.options
-        prompt_embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts, o.max_sequence_length)
-        negative = encode_prompts(self.tokenizer, self.text_encoder, [o.negative_prompt], o.max_sequence_length)
+        prompt_embeds = self._embed(prompts)
+        negative = self._embed([o.negative_prompt])
         return Conditions(
             tensors={
                 "prompt_embeds": prompt_embeds,  # [B, L, D]
@@ -248,3 +261,11 @@ class VaceGenerator:
                 f"vace.decode: latents have {latents.shape[2]} frames, fewer than the video's {self.latent_frames}"
             )
         return video_to_frames(vae_decode(self.vae, latents[:, :, num_refs:]))
+
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, frame indices [B, k] -> frames [B, k, H, W, 3] in [0, 1]: only the latent
+        chunks holding them decode with gradients (generators/causal_decode.py)."""
+        num_refs = latents.shape[2] - self.latent_frames
+        if num_refs < 0:
+            raise ValueError(f"vace.decode_frames: latents have {latents.shape[2]} frames, fewer than {self.latent_frames}")
+        return video_to_frames(vae_decode_frames(self.vae, latents[:, :, num_refs:], frames, checkpointed))

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from identity_grpo.generators.causal_decode import decode_frames
+
 # Wan checkpoints are trained with timesteps t = 1000 * sigma.
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -124,7 +126,38 @@ def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     latents = latents.to(device=vae_param.device, dtype=torch.float32)
     mean, std = _latent_stats(vae, latents)
     raw = (latents * std + mean).to(vae_param.dtype)
-    return vae.decode(raw, return_dict=False)[0].float()
+    if not vae.use_tiling:
+        return vae.decode(raw, return_dict=False)[0].float()
+    if torch.is_grad_enabled() and raw.requires_grad:  # tiles are for decoding without gradients: a graded decode stays exact
+        vae.use_tiling = False
+        try:
+            return vae.decode(raw, return_dict=False)[0].float()
+        finally:
+            vae.use_tiling = True
+    return tiled_decode(vae, raw)
+
+
+def tiled_decode(vae, raw: torch.Tensor) -> torch.Tensor:
+    """generator.vae_tiling: clips one at a time, each in overlapping spatial tiles that diffusers blends
+    (AutoencoderKLWan.tiled_decode; 256-pixel tiles every 192 by default), so the decoder's working set
+    is one tile's instead of a batch of whole frames. Blending makes the seams differ slightly from an
+    untiled decode (tests/generators/test_vae_tiling.py bounds it)."""
+    return torch.cat([vae.decode(clip, return_dict=False)[0].float() for clip in raw.split(1)])
+
+
+def vae_decode_frames(vae, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool) -> torch.Tensor:
+    """Normalized latents [B, z, T', h, w] and pixel frame indices [B, k] -> those frames' pixels
+    [B, 3, k, H, W] float32, with gradients through their latent chunks only (causal_decode.py)."""
+    temporal = vae_scale_factors(vae)[0]
+    count = (latents.shape[2] - 1) * temporal + 1
+    if frames.ndim != 2 or frames.shape[0] != latents.shape[0] or not bool(((frames >= 0) & (frames < count)).all()):
+        raise ValueError(f"wan_common.vae_decode_frames: frame indices [B={latents.shape[0]}, k] in [0, {count}), "
+                         f"got {tuple(frames.shape)} {frames.tolist()}")
+    vae_param = next(vae.parameters())
+    latents = latents.to(device=vae_param.device, dtype=torch.float32)
+    mean, std = _latent_stats(vae, latents)
+    raw = (latents * std + mean).to(vae_param.dtype)
+    return decode_frames(vae, raw, frames, temporal, checkpointed).float()
 
 
 def video_to_frames(video: torch.Tensor) -> torch.Tensor:

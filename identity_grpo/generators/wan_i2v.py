@@ -37,13 +37,14 @@ from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
 
 from identity_grpo.core.config_io import ConfigError, require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
+from identity_grpo.generators.prompt_cache import PromptCache, cache_and_offload, embed_prompts
 from identity_grpo.generators.wan_common import (
-    encode_prompts,
     fit_on_canvas,
     image_to_tensor,
     latent_frame_count,
     sigma_to_timestep,
     vae_decode,
+    vae_decode_frames,
     vae_encode,
     vae_scale_factors,
     video_to_frames,
@@ -128,6 +129,7 @@ class I2vGenerator:
         self.transformer, self.transformer_2 = transformer, transformer_2
         self.vae, self.text_encoder, self.tokenizer = vae, text_encoder, tokenizer
         self.image_encoder, self.options = image_encoder, options
+        self.prompt_cache = PromptCache()  # filled by offload_text_encoder; views share it
         self.temporal_factor, self.spatial_factor = vae_scale_factors(vae)
         self.latent_frames = latent_frame_count(options.num_frames, self.temporal_factor)
         cell = self.spatial_factor * transformer.config.patch_size[1]
@@ -192,8 +194,10 @@ class I2vGenerator:
         if not changes:
             return self
         options = dataclasses.replace(self.options, **changes)
-        return I2vGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer, options,
+        view = I2vGenerator(self.transformer, self.vae, self.text_encoder, self.tokenizer, options,
                             self.image_encoder, self.transformer_2)
+        view.prompt_cache = self.prompt_cache
+        return view
 
     def without_guidance(self) -> "I2vGenerator":
         """Classifier-free guidance off: one conditional branch per forward."""
@@ -202,6 +206,15 @@ class I2vGenerator:
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.transformer, self.transformer_2, self.vae, self.text_encoder, self.image_encoder)
                 if m is not None]
+
+    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
+        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
+        there; encode_conditions then reads the cache (generators/prompt_cache.py)."""
+        cache_and_offload(self, self.prompt_cache, prompts)
+
+    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        return embed_prompts(self.tokenizer, self.text_encoder, self.prompt_cache, prompts,
+                             self.options.max_sequence_length, self.device)
 
     @property
     def device(self) -> torch.device:
@@ -225,10 +238,8 @@ class I2vGenerator:
         o, device = self.options, self.device
         frames = torch.stack([first_frame(images, o.height, o.width) for images in references])  # [B, 3, H, W]
         tensors = {
-            "prompt_embeds": encode_prompts(self.tokenizer, self.text_encoder, prompts, o.max_sequence_length),
-            "negative_prompt_embeds": encode_prompts(
-                self.tokenizer, self.text_encoder, [o.negative_prompt], o.max_sequence_length
-            ).repeat(len(prompts), 1, 1),
+            "prompt_embeds": self._embed(prompts),
+            "negative_prompt_embeds": self._embed([o.negative_prompt]).repeat(len(prompts), 1, 1),
             "image_condition": self._image_condition(frames),  # [B, t_f + z, T, h, w]
         }
         if self.image_encoder is not None:
@@ -291,3 +302,8 @@ class I2vGenerator:
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, z, T, h, w] -> frames [B, num_frames, H, W, 3] in [0, 1] (the first frame included)."""
         return video_to_frames(vae_decode(self.vae, latents))
+
+    def decode_frames(self, latents: torch.Tensor, frames: torch.Tensor, checkpointed: bool = True) -> torch.Tensor:
+        """latents as decode's, frame indices [B, k] -> frames [B, k, H, W, 3] in [0, 1]: only the latent
+        chunks holding them decode with gradients (generators/causal_decode.py)."""
+        return video_to_frames(vae_decode_frames(self.vae, latents, frames, checkpointed))

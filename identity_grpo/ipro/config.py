@@ -70,11 +70,12 @@ class IproTrainSettings:
     # w_k of the K steps, first to last; empty: 1 each.
     kl_step_weights: list[float] = field(default_factory=list)
     decoder_checkpointing: bool = True  # recompute the VAE decoder in backward instead of storing it
-    # Pixel frames decoded with gradients (0: all). The face reward is a per-frame mean, so the reward
-    # over randomly chosen frames is an unbiased estimate of it, and the decoder's activations (~12.7 KB
-    # per output pixel-frame under bf16: ~410 GB for 81 frames at 480x832) are kept only for those.
-    # Taken as whole latent frames (4 pixel frames each); the others decode without gradients.
-    # Sized by `python -m identity_grpo.plan`; the IPRO trainer does not read it yet.
+    # Pixel frames decoded with gradients and scored by the face reward (0: all), rounded up to whole
+    # latent chunks of 4 frames, drawn per sample in proportion to the frames they hold
+    # (ipro/decoder_frames.py): the reward over them is an unbiased estimate of the clip's per-frame
+    # mean (train/reward logs that estimate), and the decoder keeps activations (~12.7 KB per output
+    # pixel-frame under bf16: ~410 GB for 81 frames at 480x832) only for the drawn chunks, one at a time
+    # with decoder_checkpointing (generators/causal_decode.py).
     decoder_grad_frames: int = 0
     gradient_checkpointing: bool = False  # the same for the transformer blocks
     sharding: Literal["none", "fsdp"] = "none"  # fsdp: the transformer, LoRA and Adam state sharded (finetune/sharding.py)

@@ -2,7 +2,8 @@
 differentiable face reward through the decoder and the last K denoising steps into the LoRA.
 
     per micro-batch: noise -> Euler ODE (earlier steps no_grad, last K with grad, KL to the
-    adapter-off velocity; last_steps.py) -> decode (checkpointed) -> face reward vs each person's
+    adapter-off velocity; last_steps.py) -> decode (checkpointed; all frames, or
+    train.decoder_grad_frames drawn per sample: decoder_frames.py) -> face reward vs each person's
     pool -> loss = reward_weight * (-reward) + kl_weight * KL -> backward; then one Adam step, skipped
     (NonFiniteStep) when a clip, face reward, KL, loss or the gradient is non-finite on any process
 
@@ -28,6 +29,7 @@ from identity_grpo.finetune.recipe import FinetuneRecipe
 from identity_grpo.core.sharding import full, pad_batches
 from identity_grpo.generators.base import Generator
 from identity_grpo.ipro.config import IproConfig
+from identity_grpo.ipro.decoder_frames import graded_frames
 from identity_grpo.ipro.face_reward import FaceReward, build_face_reward, with_face_reward
 from identity_grpo.ipro.last_steps import sample_last_steps
 from identity_grpo.rewards.registry import WeightedRewards
@@ -75,6 +77,16 @@ class IproRecipe(FinetuneRecipe):
     def progress_fields(self, logged: dict[str, float]) -> dict[str, str]:
         return {"reward": f"{logged['train/reward']:.3f}", "kl": f"{logged['train/kl']:.2e}"}
 
+    def decode_for_reward(self, latents: torch.Tensor, step: int, micro_batch: int) -> torch.Tensor:
+        """The frames the face reward scores: all of them, or whole latent chunks for train.decoder_grad_frames
+        drawn per sample (ipro/decoder_frames.py), decoded with gradients through those chunks only."""
+        t, frames = self.cfg.train, self.cfg.generator.options.num_frames
+        if t.decoder_grad_frames in (0, frames):
+            return decode(self.generator, latents, t.decoder_checkpointing)
+        drawn = graded_frames(t.seed, step, self.accelerator.process_index, micro_batch, latents.shape[0], frames,
+                              t.decoder_grad_frames, self.generator.temporal_factor)
+        return self.generator.decode_frames(latents, drawn, t.decoder_checkpointing)
+
     # --- the step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step over train.batch_size samples (all processes), accumulated over micro-batches."""
@@ -99,7 +111,7 @@ class IproRecipe(FinetuneRecipe):
             with accelerator.autocast():
                 sample = sample_last_steps(gen, policy.transformer, conds, noise, sigmas, t.last_steps,
                                            t.step_weights(), with_kl=t.kl_weight > 0)
-                videos = decode(gen, sample.latents, t.decoder_checkpointing)
+                videos = self.decode_for_reward(sample.latents, step, index)
             reward = self.face_reward(videos, records).to(accelerator.device)
             losses = t.reward_weight * -reward + t.kl_weight * sample.kl
             accelerator.backward(losses.sum() * 0.0 if padding else losses.sum() / t.batch_size)  # the step's mean

@@ -27,8 +27,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--sequence-parallel", type=int, default=0,
                         help="GPUs that split one IPRO sample's tokens (sequence parallelism; default: the "
                              "config's train.sequence_parallel)")
-    parser.add_argument("--encoders", default="cpu", choices=["cpu", "gpu"],
-                        help="where the frozen text/image encoders stay once embeddings are cached (default cpu)")
     parser.add_argument("--people", type=int, default=3, help="references per sample (default 3)")
     parser.add_argument("--reserve", type=float, default=3.0, help="GB kept free per GPU (default 3)")
     parser.add_argument("--coefficients", help="coefficients JSON (default: the package's measured table)")
@@ -38,7 +36,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
     launch = Launch(gpus=args.gpus, gpu_memory=args.gpu_memory, shard=args.shard,
-                    sequence_parallel=args.sequence_parallel, encoders=args.encoders, people=args.people,
+                    sequence_parallel=args.sequence_parallel, people=args.people,
                     reserve=args.reserve)
     coefficients = load_coefficients(args.coefficients) if args.coefficients else load_coefficients()
     try:

@@ -73,11 +73,40 @@ def vae_decode_grad(coef: dict, height: int, width: int, latent_frames: int, pix
                + c["per_latent_frame"] * latent_frames)
 
 
-def vae_decode_nograd(coef: dict, height: int, width: int, frames: int, clips: int) -> float:
-    """The peak of a no-grad decode of `clips` clips (fp32 VAE), output included."""
+def vae_decode_nograd(coef: dict, height: int, width: int, frames: int, clips: int, tiled: bool = False) -> float:
+    """The peak of a no-grad decode of `clips` clips (fp32 VAE), output included. Tiled
+    (generator.vae_tiling): clips one at a time, one tile's working set, plus that clip's tile outputs."""
     c = coef["vae"]["nograd_peak_fp32"]
     pixels = height * width
-    return max(0.0, clips * (c["per_pixel_frame"] * pixels * frames + c["per_pixel"] * pixels + c["constant"]))
+    if not tiled:
+        return max(0.0, clips * (c["per_pixel_frame"] * pixels * frames + c["per_pixel"] * pixels + c["constant"]))
+    tile = min(height, TILE) * min(width, TILE)
+    covered = tile_coverage(height) * tile_coverage(width)  # the tiles overlap: more pixels than the frame
+    return max(0.0, c["per_pixel_frame"] * frames * (clips * pixels + covered) + c["per_pixel"] * tile + c["constant"])
+
+
+TILE, TILE_STRIDE = 256, 192  # diffusers AutoencoderKLWan's default tiles (pixels), what generator.vae_tiling uses
+
+
+def tile_coverage(size: int) -> int:
+    """Pixels the tiles along one side cover: tiles of TILE every TILE_STRIDE (in latent pixels of 8), the
+    last ones clipped at the edge."""
+    latent, tile, stride = size // VAE_SPATIAL, TILE // VAE_SPATIAL, TILE_STRIDE // VAE_SPATIAL
+    if size <= TILE:
+        return size
+    return sum(min(tile, latent - start) for start in range(0, latent, stride)) * VAE_SPATIAL
+
+
+def vae_decode_chunks(coef: dict, height: int, width: int, chunks: int, autocast: bool, checkpointed: bool) -> float:
+    """IPRO's frame-subset decode (generators/causal_decode.py): `chunks` latent frames of one clip decoded
+    with gradients, their causal context constant. Checkpointed: each keeps its context (the decoder's
+    cache) for the recompute, and backward recomputes one chunk at a time; else every chunk keeps its
+    activations. A chunk is priced as a later latent frame (4 pixel frames), the larger kind."""
+    one = vae_decode_grad(coef, height, width, 1, VAE_TEMPORAL, autocast)
+    if not checkpointed:
+        return chunks * one
+    cache = coef["vae_cache"]["cache_bf16" if autocast else "cache_fp32"]
+    return one + chunks * max(0.0, cache["per_pixel"] * height * width + cache["constant"])
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,6 @@ class Launch:
     gpu_memory: float = 80.0  # GB per GPU
     shard: str = "auto"  # fsdp (stage 2's default), zero2 (stage 1's default), none
     sequence_parallel: int = 0  # GPUs that split one sample's tokens (Ulysses); 0: the config's train.sequence_parallel
-    encoders: str = "cpu"  # frozen text / image encoders once the embeddings are cached: cpu or gpu
     people: int = 3  # references per sample (the published data has 2-3 people per clip)
     reserve: float = 3.0  # GB for the CUDA context, NCCL buffers and allocator fragmentation
     reward_text_tokens: int = 200  # instruction + prompt + chat markers in the reward model's input

@@ -47,19 +47,19 @@ def generator_of(g, people: int) -> Generator:
                     "checkpoints only (Wan2.1-VACE-1.3B, Wan2.1-T2V-1.3B + Phantom, Wan2.1-I2V-14B, Wan2.2-I2V-A14B)")
 
 
-def generator_resident(g, gen: Generator, shards: int, launch: Launch) -> list[Item]:
+def generator_resident(g, gen: Generator, shards: int) -> list[Item]:
     dtype, shard_note = DTYPE_BYTES[g.dtype], f", FSDP / {shards}" if shards > 1 else ""
     params = sum(a.params() for a in gen.transformers)
-    on_gpu = launch.encoders == "gpu"
     items = [Item(f"transformer {gen.name} ({params / 1e9:.2f}B, {g.dtype}{shard_note})", params * dtype / shards,
                   "generator shards (FSDP): --shard fsdp / more --gpus")]
-    encoders = [("text encoder UMT5-XXL", UMT5_XXL.params(), dtype)]
-    if gen.image_encoder:
-        encoders.append(("image encoder CLIP ViT-H/14", CLIP_VIT_H.params(), 4))
-    for label, count, size in encoders:
-        where = f"{count * size / GB:.1f} GB, on the GPU" if on_gpu else f"{count * size / GB:.1f} GB, offloaded to CPU"
-        items.append(Item(f"{label} ({count / 1e9:.2f}B; {where})", count * size if on_gpu else 0.0,
-                          "frozen encoders offloaded after caching embeddings (--encoders cpu)"))
+    text = UMT5_XXL.params() * dtype
+    where = "offloaded to CPU, prompt embeddings cached" if g.offload_text_encoder else "on the GPU"
+    items.append(Item(f"text encoder UMT5-XXL ({UMT5_XXL.params() / 1e9:.2f}B; {text / GB:.1f} GB, {where})",
+                      0.0 if g.offload_text_encoder else text, "generator.offload_text_encoder"))
+    if gen.image_encoder:  # it embeds each sample's first frame, made from its references: nothing to cache per prompt
+        clip = CLIP_VIT_H.params() * 4
+        items.append(Item(f"image encoder CLIP ViT-H/14 ({CLIP_VIT_H.params() / 1e9:.2f}B; fp32, on the GPU)", clip,
+                          "generator.kind (the I2V image encoder runs on every sample's first frame)"))
     items.append(Item(f"VAE ({WAN_VAE.params() / 1e6:.0f}M, {g.vae_dtype})", WAN_VAE.params() * DTYPE_BYTES[g.vae_dtype],
                       "generator.vae_dtype"))
     return items
@@ -71,15 +71,22 @@ def lora_item(lora, arch: WanTransformerArch, shards: int, state_bytes: int, wha
     return Item(f"LoRA r{lora.r} ({count / 1e6:.1f}M) + {what} (fp32{shard_note})", count * state_bytes / shards, "lora.r")
 
 
+def reward_model_bytes(spec) -> tuple[int, str]:
+    dtype = spec.options.get("dtype", "bfloat16")
+    return (QWEN2_5_VL_3B.params() + QWEN2_5_VL_3B.lora_params(reward_settings(spec.path).lora_r)), dtype
+
+
 def reward_models(specs, field_name: str) -> list[Item]:
+    """The reward models kept on the GPU; one with options.offload is there only while scoring (scoring())."""
     items = []
     for i, spec in enumerate(specs):
         if spec.name != "reward_model":
             continue
-        dtype = spec.options.get("dtype", "bfloat16")
-        count = QWEN2_5_VL_3B.params() + QWEN2_5_VL_3B.lora_params(reward_settings(spec.path).lora_r)
-        items.append(Item(f"reward model {field_name}[{i}] Qwen2.5-VL-3B + LoRA ({count / 1e9:.2f}B, {dtype})",
-                          count * DTYPE_BYTES[dtype], f"{field_name}[{i}] (the reward model's dtype option)"))
+        count, dtype = reward_model_bytes(spec)
+        offload = spec.options.get("offload", False)
+        items.append(Item(f"reward model {field_name}[{i}] Qwen2.5-VL-3B + LoRA ({count / 1e9:.2f}B, {dtype}"
+                          f"{'; offloaded to CPU, on the GPU while scoring' if offload else ''})",
+                          0.0 if offload else count * DTYPE_BYTES[dtype], f"{field_name}[{i}].options.offload"))
     return items
 
 
@@ -104,10 +111,23 @@ def scoring(specs, coef: dict, height: int, width: int, frames: int, clips: int,
         sample = act.reward_input(height, width, min(frames, m.num_frames), m.max_pixels, m.reference_max_pixels,
                                   launch.people, launch.reward_text_tokens)
         batch = min(clips, int(spec.options.get("batch_size", 8)))
+        if spec.options.get("offload", False):
+            count, dtype = reward_model_bytes(spec)
+            items.append(Item(f"{field_name}[{i}] reward model brought in to score ({dtype})",
+                              count * DTYPE_BYTES[dtype], f"{field_name}[{i}] (the reward model's dtype option)"))
         items.append(Item(f"{field_name}[{i}] no-grad forward ({batch} clips x {sample.tokens} tokens, "
                           f"{sample.patches} patches)", act.qwen_nograd(coef, sample, batch),
                           f"{field_name}[{i}].options.batch_size"))
     return items
+
+
+def decode_item(g, coef: dict, height: int, width: int, frames: int, clips: int, lever: str) -> Item:
+    """A no-grad decode of `clips` clips, tiled with generator.vae_tiling."""
+    tiled = g.vae_tiling
+    return Item(f"VAE no-grad decode ({clips} clip(s) {width}x{height}x{frames}"
+                f"{', tiled: one clip, one 256-pixel tile at a time' if tiled else ''})",
+                act.vae_decode_nograd(coef, height, width, frames, clips, tiled),
+                lever if tiled else f"generator.vae_tiling / {lever}")
 
 
 def fsdp_blocks(arch: WanTransformerArch, shards: int, dtype: str) -> list[Item]:
@@ -130,10 +150,7 @@ def stage2_assumptions(launch: Launch, shards: int, gen: Generator) -> list[str]
              "(CUDA context, NCCL buffers, fragmentation)",
              f"generator transformer(s) fully sharded with FSDP2 over {shards} GPUs (LoRA and its optimizer state "
              "too); the launch config chooses it (launch/accelerate/), not the experiment" if shards > 1 else
-             "no FSDP (--shard none): every GPU holds the whole transformer(s)",
-             f"frozen encoders (UMT5-XXL{', CLIP' if gen.image_encoder else ''}) on the "
-             f"{'GPU' if launch.encoders == 'gpu' else 'CPU once prompt/image embeddings are cached'} "
-             f"(--encoders {launch.encoders})"]
+             "no FSDP (--shard none): every GPU holds the whole transformer(s)"]
     if gen.reference_frames:
         lines.append(f"{launch.people} reference images per sample, one latent frame each (--people)")
     return lines

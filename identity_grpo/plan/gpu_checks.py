@@ -37,6 +37,7 @@ from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.tiny import TinyWanConfig, tiny_text_encoder, tiny_tokenizer
 from identity_grpo.generators.vace import VaceGenerator, VaceOptions
+from identity_grpo.generators.causal_decode import decode_frames
 from identity_grpo.plan import activations as act
 from identity_grpo.plan.architectures import (QWEN2_5_VL_3B, WAN22_A14B_EXPERT, WAN_VACE_1_3B, WAN_VAE,
                                               WanTransformerArch, WanVaeArch)
@@ -224,6 +225,19 @@ def check_vae(sizes: Sizes, device: torch.device, coef: dict | None) -> list[dic
             row["kb_per_pixel_frame"] = row["peak_gb"] * GB / (pixel_frames * h * w * 64) / 1024
         if coef:
             row["planner_gb"] = act.vae_decode_grad(coef, h * 8, w * 8, latent_frames, pixel_frames, True) / GB
+        rows.append(row)
+    # IPRO's train.decoder_grad_frames: the last 1 or 2 of 3 latent chunks decoded with gradients, checkpointed.
+    for chunks in (1, 2):
+        z = torch.randn(1, sizes.vae.z_dim, 3, h, w, device=device, requires_grad=True)
+        frames = torch.tensor([list(range(9 - 4 * chunks, 9))])
+
+        def chunked_step():
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                decode_frames(vae, z, frames, 4, checkpointed=True).float().square().mean().backward()
+
+        row = {"latent_frames": 3, "graded_chunks": chunks, "peak_gb": measured_peak(device, chunked_step)}
+        if coef and "vae_cache" in coef:
+            row["planner_gb"] = act.vae_decode_chunks(coef, h * 8, w * 8, chunks, True, True) / GB
         rows.append(row)
     return rows
 

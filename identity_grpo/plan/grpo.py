@@ -6,7 +6,7 @@ import math
 from identity_grpo.plan import activations as act
 from identity_grpo.plan.architectures import UMT5_XXL
 from identity_grpo.plan.budget import DTYPE_BYTES, Item, Launch, Phase, Plan
-from identity_grpo.plan.generators import (eval_size, frames_bytes, fsdp_blocks, generator_of, generator_resident,
+from identity_grpo.plan.generators import (decode_item, eval_size, frames_bytes, fsdp_blocks, generator_of, generator_resident,
                                            lora_item, reward_models, scoring, stage2_assumptions)
 
 
@@ -20,7 +20,7 @@ def plan_grpo(path: str, cfg, launch: Launch, coef: dict) -> Plan:
     eval_h, eval_w, eval_f = eval_size(s, o)
     eval_tokens = act.wan_tokens(arch, eval_h, eval_w, eval_f, gen.reference_frames)
     state = 4 + 4 + 8 + (4 if t.ema_decay > 0 else 0)
-    resident = generator_resident(g, gen, shards, launch) + reward_models(cfg.rewards, "rewards")
+    resident = generator_resident(g, gen, shards) + reward_models(cfg.rewards, "rewards")
     resident.append(lora_item(cfg.lora, arch, shards, state, "grads + AdamW" + (" + EMA" if t.ema_decay > 0 else "")))
 
     # A sample's stored trajectory: every latent (float32) and its prompt + negative embeddings (+ VACE's control latents).
@@ -45,10 +45,8 @@ def plan_grpo(path: str, cfg, launch: Launch, coef: dict) -> Plan:
             f"checkpointing {'on' if t.gradient_checkpointing else 'off'})", train.kept, update_lever),
             Item("backward working set" + (" (one block recomputed)" if t.gradient_checkpointing else ""),
                  train.backward_extra, update_lever)]),
-        Phase("decoding", [store, Item(f"VAE no-grad decode ({t.sample_batch_size} clips {o.width}x{o.height}x"
-                                       f"{o.num_frames})", act.vae_decode_nograd(coef, o.height, o.width, o.num_frames,
-                                                                                t.sample_batch_size),
-                                       "train.sample_batch_size")]),
+        Phase("decoding", [store, decode_item(g, coef, o.height, o.width, o.num_frames, t.sample_batch_size,
+                                              "train.sample_batch_size")]),
         Phase("scoring", [store, Item("decoded clips", frames_bytes(t.sample_batch_size, o.num_frames, o.height, o.width),
                                       "train.sample_batch_size"),
                           *scoring(cfg.rewards, coef, o.height, o.width, o.num_frames, t.sample_batch_size, launch,
@@ -57,8 +55,7 @@ def plan_grpo(path: str, cfg, launch: Launch, coef: dict) -> Plan:
             f"no-grad forward ({s.eval_batch_size} x {gen.branches} branches, {eval_tokens} tokens at "
             f"{eval_w}x{eval_h}x{eval_f})", act.transformer_nograd(coef, arch, eval_tokens, s.eval_batch_size * gen.branches),
             "sampling.eval_batch_size")]),
-        Phase("eval decoding", [Item(f"VAE no-grad decode ({s.eval_batch_size} clip(s) {eval_w}x{eval_h}x{eval_f})",
-                                     act.vae_decode_nograd(coef, eval_h, eval_w, eval_f, s.eval_batch_size),
-                                     "sampling.eval_batch_size")]),
+        Phase("eval decoding", [decode_item(g, coef, eval_h, eval_w, eval_f, s.eval_batch_size,
+                                            "sampling.eval_batch_size")]),
     ]
     return Plan(path, "grpo", launch, resident, phases, stage2_assumptions(launch, shards, gen))

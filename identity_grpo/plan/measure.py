@@ -254,6 +254,40 @@ def measure_vae(latent_sizes: list[tuple[int, int, int]], log=print, arch: WanVa
     return result
 
 
+def measure_vae_cache(latent_sizes: list[tuple[int, int]], log=print, arch: WanVaeArch = WAN_VAE) -> dict:
+    """The causal context a graded chunk of IPRO's frame-subset decode keeps for its checkpoint's
+    recompute (generators/causal_decode.py): the decoder's cache after latent frames 0 and 1, fp32
+    and under bf16 autocast, per output pixel (it is two frames of every causal convolution's input,
+    at each resolution level, so it grows with the frame's area only)."""
+    from identity_grpo.generators.causal_decode import _decode_chunk
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    vae = vae_model(arch)
+    result = {}
+    for autocast in (False, True):
+        rows, measured = [], []
+        for height, width in latent_sizes:
+            z = torch.randn(1, arch.z_dim, 2, height, width, generator=torch.Generator().manual_seed(0))
+            cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+            with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                x = vae.post_quant_conv(z)
+                for i in range(2):
+                    holder = {}
+                    _decode_chunk(vae, x[:, :, i : i + 1], cache, i == 0, holder)
+                    cache = holder["cache"]
+            storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache
+                        if isinstance(t, torch.Tensor)}
+            pixels = height * width * 64
+            rows.append([pixels, 1])
+            measured.append(sum(storages.values()))
+            log(f"  cache after 2 latent frames at {height}x{width}{' (bf16 autocast)' if autocast else ''}: "
+                f"{measured[-1] / pixels:.0f} bytes per pixel")
+        name = "cache_bf16" if autocast else "cache_fp32"
+        result[name], residual = _fit(rows, measured, ["per_pixel", "constant"])
+        result[name]["fit_residual"] = round(residual, 4)
+    return result
+
+
 # --- Qwen2.5-VL ----------------------------------------------------------------------------------------
 
 def qwen_parts(arch: Qwen2_5_VLArch, layers: int, vision_depth: int, lora_r: int = 64):
@@ -373,6 +407,7 @@ MEASUREMENTS: dict[str, Callable[..., dict]] = {
                                        live_sizes=[(2, 32, 32), (4, 32, 32)]),
     "vae": lambda log: measure_vae([(2, 8, 8), (3, 8, 8), (2, 12, 12), (3, 12, 12)], log,
                                    nograd_sizes=[(3, 8, 8), (5, 8, 8), (3, 12, 12), (5, 12, 12)]),
+    "vae_cache": lambda log: measure_vae_cache([(8, 8), (12, 16)], log),
     "qwen2.5_vl_3b": lambda log: measure_qwen([256, 1024], [16, 32], log),
     "arcface_r100": lambda log: measure_arcface("r100", log=log),
 }

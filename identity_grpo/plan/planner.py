@@ -5,7 +5,8 @@ to pull when it does not fit.
     plan.refusal()   # None when it fits, else one line naming the lever
 
 Launch facts that live outside experiment configs (GPU count, sharding, sequence parallelism,
-where frozen encoders sit) come from `Launch`; everything else from the config.
+references per sample) come from `Launch`; everything else from the config (which encoders and
+reward models are offloaded, tiled decoding, the frames IPRO decodes with gradients).
 """
 from __future__ import annotations
 

@@ -4,6 +4,7 @@
       - {name: reward_model, weight: 1.0, path: runs/reward_synthetic/final, options: {batch_size: 32, dtype: bfloat16}}
       - {name: reward_model, path: release/, options: {instruction_file: release_instruction.txt}}
 
+`offload: true`: the model stays on the CPU except while it scores (rewards/offload.py).
 `instruction_file`: for a checkpoint of the original release only, the instruction text it was
 trained with (the folder's own instruction.txt is read when this is not given; see
 reward_model/original_release.py).
@@ -13,10 +14,11 @@ from __future__ import annotations
 import torch
 
 from identity_grpo.core.config_io import ConfigError, require_local
+from identity_grpo.rewards.offload import OffloadedScorer
 from identity_grpo.rewards.spec import RewardFn, RewardKind, RewardSpec
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-OPTIONS = ("batch_size", "dtype", "instruction_file")
+OPTIONS = ("batch_size", "dtype", "instruction_file", "offload")
 
 
 def check(spec: RewardSpec) -> None:
@@ -28,6 +30,8 @@ def check(spec: RewardSpec) -> None:
     batch_size = spec.options.get("batch_size", 8)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"options.batch_size: an integer >= 1, got {batch_size!r}")
+    if not isinstance(spec.options.get("offload", False), bool):
+        raise ConfigError(f"options.offload: true or false, got {spec.options['offload']!r}")
     file = spec.options.get("instruction_file")
     if "instruction_file" in spec.options and (not isinstance(file, str) or not file):
         raise ConfigError(f"options.instruction_file: a text file's path, got {file!r}")
@@ -57,10 +61,11 @@ def build(spec: RewardSpec, device: torch.device) -> RewardFn:
     check(spec)
     dtype = DTYPES[spec.options["dtype"]] if "dtype" in spec.options else None
     file = spec.options.get("instruction_file")
-    scorer = RewardScorer.from_pretrained(spec.path, device=device, dtype=dtype,
+    offload = spec.options.get("offload", False)
+    scorer = RewardScorer.from_pretrained(spec.path, device="cpu" if offload else device, dtype=dtype,
                                           batch_size=int(spec.options.get("batch_size", 8)),
                                           instruction=read_instruction(file) if file else None)
-    return scorer.score
+    return OffloadedScorer(scorer, device) if offload else scorer.score
 
 
 KIND = RewardKind(build, check, path="folder", check_inputs=check_inputs)

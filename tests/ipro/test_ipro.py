@@ -2,6 +2,7 @@
 training steps end to end on tiny VACE and image-to-video generators."""
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -216,6 +217,46 @@ def test_accumulation_and_micro_batches_give_the_same_gradient(data, tmp_path):
     for a, b in zip(one, two):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-7)
     assert logged_one["train/reward"] == pytest.approx(logged_two["train/reward"], abs=1e-5)
+
+
+def test_decoder_grad_frames_all_is_todays_gradient_and_a_subset_scores_only_drawn_frames(data, tmp_path):
+    seen = []
+
+    def gradients(*overrides):
+        cfg = ipro_config(data, tmp_path / "g", "vace", "train.max_grad_norm=0", *overrides)
+        inner = slot_face_reward()
+
+        def face_reward(videos, records):
+            seen.append(tuple(videos.shape))
+            return inner(videos, records)
+
+        ipro = IproRecipe(cfg, build_generator(cfg.generator), face_reward, None, BRIGHTNESS)
+        ipro.setup()
+        ipro.policy.optimizer = NoStep()
+        ipro.train_step(0)
+        return [p.grad.clone() for p in ipro.policy.params]
+
+    today = gradients()  # decoder_grad_frames 0: every frame
+    for a, b in zip(today, gradients("train.decoder_grad_frames=5")):  # all 5 frames: the same path
+        assert torch.equal(a, b)
+    assert {shape[1:] for shape in seen} == {(5, 32, 32, 3)}
+    seen.clear()
+    subset = gradients("train.decoder_grad_frames=2")  # rounded up to one latent chunk of 4 frames
+    assert {shape[1:] for shape in seen} == {(4, 32, 32, 3)}  # the reward scored each sample's drawn chunk
+    assert all(torch.isfinite(g).all() for g in subset) and sum(g.abs().sum() for g in subset) > 0
+    assert any(not torch.allclose(a, b) for a, b in zip(today, subset))
+
+
+def test_setup_caches_every_prompt_and_offloads_the_text_encoder(data, tmp_path):
+    cfg = ipro_config(data, tmp_path / "o", "vace", "generator.offload_text_encoder=true")
+    ipro = IproRecipe(cfg, build_generator(cfg.generator), slot_face_reward(), None, BRIGHTNESS)
+    ipro.setup()
+    cache = ipro.generator.prompt_cache
+    prompts = {r.prompt for r in (*ipro.train_records, *ipro.eval_records)} | {cfg.generator.vace.negative_prompt}
+    assert cache.filled and {p for p, _ in cache.embeddings} == prompts
+    assert ipro.evaluator.generator.prompt_cache is cache  # the evaluation's view reads it too
+    ipro.generator.text_encoder.forward = None  # it must not run again: a step reads the cache
+    assert math.isfinite(ipro.train_step(0)["train/loss"])
 
 
 def test_checkpointed_decoder_gives_the_same_gradient(vace):

@@ -3,8 +3,12 @@ README gives it, and a setting that obviously does not fit is refused with one l
 from pathlib import Path
 
 import pytest
+import yaml
 
+from identity_grpo.ipro.decoder_frames import graded_frames
 from identity_grpo.plan.__main__ import main
+from identity_grpo.plan.activations import load_coefficients
+from identity_grpo.plan.ipro import decoder_grad_span
 from identity_grpo.plan.planner import Launch, PlanError, detect_recipe, make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,12 +59,54 @@ def test_the_table_names_every_component_and_phase():
     assert phases == ["sampling", "update", "decoding", "scoring", "eval sampling", "eval decoding"]
 
 
-def test_offloaded_encoders_cost_nothing_on_the_gpu_unless_kept_there():
-    def encoder_bytes(where: str) -> float:
-        resident = make_plan(ROOT / VACE, [], Launch(encoders=where)).resident
-        return next(i.bytes for i in resident if i.name.startswith("text encoder"))
+def item(plan, prefix: str, phase: str | None = None):
+    items = plan.resident if phase is None else next(p for p in plan.phases if p.name == phase).items
+    return next(i for i in items if i.name.startswith(prefix))
 
-    assert encoder_bytes("cpu") == 0 and round(encoder_bytes("gpu") / 1e9, 1) == 11.4
+
+def test_an_offloaded_text_encoder_costs_nothing_on_the_gpu():
+    def encoder_bytes(offload: str) -> float:
+        return item(make_plan(ROOT / VACE, [f"generator.offload_text_encoder={offload}"], Launch()), "text encoder").bytes
+
+    assert encoder_bytes("true") == 0 and round(encoder_bytes("false") / 1e9, 1) == 11.4  # 5.68B x 2 bytes
+
+
+def test_an_offloaded_reward_model_is_counted_only_while_scoring(tmp_path):
+    raw = yaml.safe_load((ROOT / VACE).read_text())
+    raw["rewards"][0].setdefault("options", {})["offload"] = True
+    (tmp_path / "offloaded.yaml").write_text(yaml.safe_dump(raw))
+    kept = make_plan(ROOT / VACE, [], Launch())
+    offloaded = make_plan(tmp_path / "offloaded.yaml", [], Launch())
+    weights = item(kept, "reward model rewards[0]").bytes
+    assert round(weights / 1e9, 2) == 7.75 and item(offloaded, "reward model rewards[0]").bytes == 0
+    assert item(offloaded, "rewards[0] reward model brought in", "scoring").bytes == weights
+    for phase in ("sampling", "update", "decoding"):  # the phases that do not score gain its bytes
+        assert offloaded.resident_total + next(p for p in offloaded.phases if p.name == phase).total == \
+            pytest.approx(kept.resident_total - weights + next(p for p in kept.phases if p.name == phase).total)
+
+
+def test_tiled_decoding_is_one_clip_and_one_tile_at_a_time():
+    coef = load_coefficients()["vae"]["nograd_peak_fp32"]
+    tiled = item(make_plan(ROOT / VACE, ["generator.vae_tiling=true"], Launch()), "VAE no-grad decode", "eval decoding")
+    plain = item(make_plan(ROOT / VACE, [], Launch()), "VAE no-grad decode", "eval decoding")
+    # 1 clip of 81 frames at 480x832: 256-pixel tiles every 192 cover rows 256 + 256 + 96 = 608 and
+    # columns 4 x 256 + 64 = 1088; the working set is one 256 x 256 tile's.
+    by_hand = coef["per_pixel_frame"] * 81 * (480 * 832 + 608 * 1088) + coef["per_pixel"] * 256 * 256 + coef["constant"]
+    assert tiled.bytes == pytest.approx(by_hand) and tiled.bytes < plain.bytes / 2
+
+
+def test_the_decoder_frames_are_the_trainers_draw_and_priced_per_chunk():
+    for k in (1, 4, 5, 9):  # the planner's span is the shape of what the trainer draws
+        chunks, frames = decoder_grad_span(81, k)
+        drawn = graded_frames(0, 0, 0, 0, 8, 81, k)
+        assert drawn.shape == (8, frames) and chunks == -(-k // 4)
+    assert decoder_grad_span(81, 0) == decoder_grad_span(81, 81) == (21, 81)
+    coef = load_coefficients()
+    one, two = (make_plan(ROOT / I2V_21, [f"train.decoder_grad_frames={k}"], Launch(sequence_parallel=4)) for k in (4, 8))
+    decoder = [item(p, "VAE decode with gradients", "update").bytes for p in (one, two)]
+    cache = coef["vae_cache"]["cache_bf16"]  # a second chunk adds its kept causal context, nothing else
+    assert decoder[1] - decoder[0] == pytest.approx(cache["per_pixel"] * 480 * 832 + cache["constant"])
+    assert item(two, "ArcFace", "update").bytes == 2 * item(one, "ArcFace", "update").bytes  # 24 vs 12 crops
 
 
 def test_recipes_are_told_apart_and_unknown_models_refused(capsys):

@@ -1,10 +1,14 @@
 """The reward registry: weighted sums by hand, per-reward values, errors, and the stage-1 scorer."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
 from identity_grpo.rewards.spec import RewardSpec
-from identity_grpo.rewards.registry import WeightedRewards, register_reward, registered_rewards
+from identity_grpo.core.config_io import ConfigError
+from identity_grpo.rewards.offload import OffloadedScorer
+from identity_grpo.rewards.registry import WeightedRewards, register_reward, registered_rewards, validate_reward_specs
 
 VIDEOS = torch.stack([torch.full((2, 4, 4, 3), v) for v in (0.0, 0.5, 1.0)])  # [3, T, H, W, 3]
 REFS = [[np.zeros((4, 4, 3), np.uint8)], [], [np.zeros((4, 4, 3), np.uint8)] * 2]
@@ -78,3 +82,56 @@ def test_reward_model_entry_scores_like_the_stage1_scorer(tmp_path):
     torch.testing.assert_close(values["reward_model"], expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(total, 1.5 * expected, atol=1e-5, rtol=1e-5)
     assert expected.std() > 0  # the clips score differently: the comparison is not of constants
+
+
+def test_an_offloaded_reward_model_scores_the_same(tmp_path):
+    from reward_model.model import RewardModelConfig, build_reward_model
+
+    torch.manual_seed(0)
+    model = build_reward_model(RewardModelConfig(lora_r=4, lora_alpha=8, num_frames=2), vocabulary=PROMPTS)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.02 * torch.randn_like(param))
+    model.eval().save_pretrained(tmp_path)
+    videos = torch.rand(3, 3, 32, 32, 3, generator=torch.Generator().manual_seed(1))
+    refs = [[np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)] for i in range(3)]
+    kept = WeightedRewards.from_config([RewardSpec("reward_model", 1.0, str(tmp_path), {"batch_size": 2})])
+    offloaded = WeightedRewards.from_config([RewardSpec("reward_model", 1.0, str(tmp_path),
+                                                        {"batch_size": 2, "offload": True})])
+    assert isinstance(offloaded.fns["reward_model"], OffloadedScorer)
+    expected = kept(videos, refs, PROMPTS)[1]["reward_model"]
+    assert expected.std() > 0 and torch.equal(offloaded(videos, refs, PROMPTS)[1]["reward_model"], expected)
+
+
+class FakeScorer:
+    """Records where its model is sent and where it is while scoring (a CPU machine has no second device
+    to put it on, so the moves are recorded, not made)."""
+
+    def __init__(self, fail=False):
+        self.moves, self.during, self.fail, self.device = [], [], fail, None
+        self.model = SimpleNamespace(to=lambda device: self.moves.append(str(device)))
+
+    def score(self, videos, references, prompts):
+        self.during.append((self.moves[-1], str(self.device)))
+        if self.fail:
+            raise RuntimeError("scoring failed")
+        return torch.ones(len(prompts))
+
+
+def test_an_offloaded_reward_model_is_on_the_device_only_while_scoring():
+    scorer = FakeScorer()
+    fn = OffloadedScorer(scorer, "cuda:0")
+    assert scorer.moves == ["cpu"]  # built: on the CPU
+    for _ in range(2):
+        fn(VIDEOS, REFS, PROMPTS)
+    assert scorer.during == [("cuda:0", "cuda:0")] * 2  # model and inputs on the device while scoring
+    assert scorer.moves == ["cpu", "cuda:0", "cpu", "cuda:0", "cpu"]  # and back after every call
+    failing = FakeScorer(fail=True)
+    with pytest.raises(RuntimeError):
+        OffloadedScorer(failing, "cuda:0")(VIDEOS, REFS, PROMPTS)
+    assert failing.moves[-1] == "cpu"  # also when scoring fails
+
+
+def test_offload_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.options\.offload: true or false"):
+        validate_reward_specs([RewardSpec("reward_model", 1.0, "x", {"offload": "yes"})])
