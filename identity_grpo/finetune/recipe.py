@@ -24,7 +24,9 @@ from accelerate.utils import set_seed
 from identity_grpo.core.config_io import RunFailed, save_config
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
+from identity_grpo.core.timing import NO_TIMING
 from identity_grpo.finetune.batches import GroupSampler
+from identity_grpo.finetune.condition_cache import ConditionCache
 from identity_grpo.finetune.config import DataConfig
 from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
 from identity_grpo.finetune.lora import (LoraCheckpoint, attach_lora, export_lora, lora_parameters, lora_state_dict,
@@ -71,6 +73,7 @@ class FinetuneRecipe(Recipe):
         self.generator = generator  # a given generator is already on the accelerator's device
         self.evaluate_fn = evaluate_fn
         self.state: FinetuneState
+        self.timer = NO_TIMING  # the benchmark's PhaseTimer (core/timing.py) times the steps' phases
 
     # --- what a method supplies -------------------------------------------------------------
     def validate_inputs(self) -> None:
@@ -116,6 +119,9 @@ class FinetuneRecipe(Recipe):
         params = attach_lora(transformer, cfg.lora)
         if t.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if cfg.speed.compile:  # in place: every view of the generator runs the compiled forward
+            transformer.compile()
+        self.conditions = ConditionCache(self.generator, cfg.speed.condition_cache)
         sharded = t.sharding == "fsdp"
         if sharded:
             shard_transformer(transformer, DTYPES[cfg.generator.dtype])

@@ -16,8 +16,9 @@ from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_positive
 from identity_grpo.core.sections import RunSettings
-from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs,
-                                          largest_divisor_at_most, validate_lora, validate_sampling, validate_world)
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, SpeedSettings, check_manifest_inputs,
+                                          largest_divisor_at_most, validate_lora, validate_sampling, validate_speed,
+                                          validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
 from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
@@ -82,6 +83,7 @@ class GrpoConfig(RunSettings):
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec()])
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
     def validate(self) -> None:
         self.validate_run()
@@ -93,6 +95,7 @@ class GrpoConfig(RunSettings):
         validate_reward_specs(self.rewards, "rewards")
         _validate_train(self.train, self.sampling)
         validate_world(self.data)
+        validate_speed(self.speed)
         self.validate_processes(1)
 
     def validate_inputs(self, generator_given: bool = False, rewards_given: bool = False) -> None:

@@ -19,8 +19,9 @@ from typing import Literal
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
 from identity_grpo.core.sections import RunSettings
 from identity_grpo.faces.analyzer import FaceAnalyzerConfig
-from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, check_manifest_inputs,
-                                          largest_divisor_at_most, validate_lora, validate_sampling, validate_world)
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, LoraSettings, SpeedSettings, check_manifest_inputs,
+                                          largest_divisor_at_most, validate_lora, validate_sampling, validate_speed,
+                                          validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
 from identity_grpo.rewards.registry import check_reward_inputs, validate_reward_specs
@@ -97,6 +98,7 @@ class IproConfig(RunSettings):
     eval_rewards: list[RewardSpec] = field(default_factory=list)  # what evaluation scores as eval/reward
     data: DataConfig = field(default_factory=DataConfig)
     train: IproTrainSettings = field(default_factory=IproTrainSettings)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
     def validate(self) -> None:
         self.validate_run()
@@ -107,6 +109,7 @@ class IproConfig(RunSettings):
         _validate_face_reward(self.face_reward)
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
+        validate_speed(self.speed)
         self.validate_processes(1)
 
     def validate_inputs(self, generator_given: bool = False, face_reward_given: bool = False,
