@@ -24,7 +24,9 @@ from identity_grpo.rewards.spec import RewardFn
 
 # The table's phases, in order; what none of them covers is overhead (Python, data, copies, syncs).
 PHASES = ("encode_conditions", "sample_forward", "vae_decode", "reward", "logprob_recompute", "backward", "optimizer")
-TRAINING_PHASES = ("logprob_recompute", "backward")  # GRPO's training forward/backward (IPRO's is in sample_forward)
+# The training forward/backward: GRPO's recomputation + backward; IPRO trains through its sampling
+# (the last K steps with gradients), so there it is all of sample_forward + backward.
+TRAINING_PHASES = {"grpo": ("logprob_recompute", "backward"), "ipro": ("sample_forward", "backward")}
 
 
 def build_recipe(cfg, method: str, generator: Generator | None = None, reward_fns: dict[str, RewardFn] | None = None):
@@ -93,7 +95,7 @@ def run_benchmark(cfg, method: str, iterations: int = 2, generator: Generator | 
     else:
         result["fast_paths"], result["batched_speedup"] = {}, None
     mfu = device.type == "cuda" if mfu is None else mfu
-    result["mfu"] = model_flop_utilization(recipe, per_iteration, iterations + 1) if mfu else None
+    result["mfu"] = model_flop_utilization(recipe, method, per_iteration, iterations + 1) if mfu else None
     return result
 
 
@@ -104,7 +106,7 @@ def samples_per_iteration(recipe, method: str) -> int:
     return total // recipe.accelerator.num_processes
 
 
-def model_flop_utilization(recipe, per_iteration: dict[str, float], step: int) -> dict:
+def model_flop_utilization(recipe, method: str, per_iteration: dict[str, float], step: int) -> dict:
     """FLOPs of one more iteration counted per phase, over the timed seconds per phase, against
     the measured matmul peak: training forward/backward (GRPO: log-prob recomputation + backward)
     and sampling (the generator's forwards while sampling)."""
@@ -118,5 +120,5 @@ def model_flop_utilization(recipe, per_iteration: dict[str, float], step: int) -
         flops = sum(counter.flops.get(p, 0.0) for p in phases)
         return flops / seconds / peak if seconds else None
     return {"peak_dtype": dtype, "peak_tflops": peak / 1e12,
-            "training_fwd_bwd": utilization(TRAINING_PHASES), "sampling": utilization(("sample_forward",)),
+            "training_fwd_bwd": utilization(TRAINING_PHASES[method]), "sampling": utilization(("sample_forward",)),
             "phase_tflop": {k: v / 1e12 for k, v in counter.flops.items()}}
