@@ -12,7 +12,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def config_class(folder: str):
     if folder == "reward":
         return RewardConfig
-    if folder == "grpo":
+    if folder in ("grpo", "bench"):  # configs/bench/: GRPO at published shapes, random weights (identity_grpo/bench)
         from identity_grpo.grpo.config import GrpoConfig
 
         return GrpoConfig

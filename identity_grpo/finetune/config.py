@@ -33,6 +33,25 @@ class WorldPrompts:
 
 
 @dataclass
+class SpeedSettings:
+    """Fast paths (README "Performance"; python -m identity_grpo.bench measures each). The defaults
+    are the plain paths, so a config without this section trains exactly as before."""
+
+    # Prompts whose encoded conditions (text embeddings, reference and conditioning-video latents)
+    # are kept and reused by group members, later iterations and IPRO's micro-batches
+    # (finetune/condition_cache.py); 0: every batch encodes its own.
+    condition_cache: int = 0
+    # GRPO: score a batch's clips in a second thread while the next batch samples (the reward and
+    # the generator then share the device / CPU cores; it buys time only when they have spare).
+    overlap_rewards: bool = False
+    compile: bool = False  # torch.compile the generator transformer's blocks (GPU; slow to start)
+
+
+def validate_speed(s: SpeedSettings) -> None:
+    require_at_least("speed", s, 0, "condition_cache")
+
+
+@dataclass
 class DataConfig:
     train_manifest: str = ""  # prompts + references: .jsonl, or the original release's .csv
     eval_manifest: str = ""  # held-out prompts for evaluation; empty: no evaluation

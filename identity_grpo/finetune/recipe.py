@@ -31,7 +31,9 @@ from identity_grpo.core.checkpointing import checkpoint_folder, load_parts, veri
 from identity_grpo.core.config_io import RunFailed, save_config
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
 from identity_grpo.core.recipe import ModelCard, Recipe, RunState, make_accelerator
+from identity_grpo.core.timing import NO_TIMING
 from identity_grpo.finetune.batches import GroupSampler
+from identity_grpo.finetune.condition_cache import ConditionCache
 from identity_grpo.finetune.config import DataConfig
 from identity_grpo.finetune.evaluation import EvaluateFn, Evaluator
 from identity_grpo.finetune.guard import (GuardPoint, best_point, history_from_record, history_record, judge,
@@ -88,6 +90,7 @@ class FinetuneRecipe(Recipe):
         self.generator = generator  # a given generator is already on the accelerator's device
         self.evaluate_fn = evaluate_fn
         self.state: FinetuneState
+        self.timer = NO_TIMING  # the benchmark's PhaseTimer (core/timing.py) times the steps' phases
 
     # --- what a method supplies -------------------------------------------------------------
     def validate_inputs(self) -> None:
@@ -142,6 +145,9 @@ class FinetuneRecipe(Recipe):
         params = attach_lora(transformer, cfg.lora)
         if t.gradient_checkpointing:
             transformer.enable_gradient_checkpointing()
+        if cfg.speed.compile:  # in place: every view of the generator runs the compiled forward
+            transformer.compile()
+        self.conditions = ConditionCache(self.generator, cfg.speed.condition_cache)
         sharded = t.sharding == "fsdp"
         if sharded:
             shard_transformer(transformer, DTYPES[cfg.generator.dtype])

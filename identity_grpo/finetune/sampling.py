@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from identity_grpo.core.timing import NO_TIMING
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.finetune.rollout import Trajectory
 from identity_grpo.finetune.sde import NoiseSchedule, SdeStep
@@ -20,11 +21,13 @@ def sample_with_log_probs(
     noise_schedule: NoiseSchedule,
     rng: torch.Generator | None,
     initial_noise: torch.Tensor | None = None,
+    timer=NO_TIMING,
 ) -> Trajectory:
     """Denoise conds' B samples along sigmas [S+1] (1 -> 0).
 
     All randomness (the initial noise unless given, then one noise tensor per stochastic step)
     comes from `rng`, drawn on the CPU so that a seed reproduces a rollout on any device.
+    `timer` (core/timing.py) is charged the generator's forwards as phase "sample_forward".
     """
     if sigmas.ndim != 1 or sigmas.numel() < 2:
         raise ValueError(f"sampling.sample_with_log_probs: sigmas must be [S+1] with S >= 1, got {tuple(sigmas.shape)}")
@@ -37,7 +40,8 @@ def sample_with_log_probs(
     latents, log_probs = [x], []
     for i in range(sigmas.numel() - 1):
         sigma, sigma_next = sigmas[i].expand(batch), sigmas[i + 1].expand(batch)
-        v = generator.predict_velocity(x, sigma, conds)
+        with timer.phase("sample_forward"):
+            v = generator.predict_velocity(x, sigma, conds)
         scale = noise_schedule.scale(sigma, sigma_next)
         noise = None
         if bool((scale > 0).any()):

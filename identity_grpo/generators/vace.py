@@ -53,6 +53,9 @@ class VaceOptions:
     negative_prompt: str = ""
     max_sequence_length: int = 512  # UMT5 tokens; Wan checkpoints are trained with 512
     conditioning_scale: float = 1.0  # weight of the VACE control branch
+    # One forward for all samples and both guidance branches; False: one per sample and branch
+    # (slower; the speed benchmark's one-video-at-a-time baseline)
+    batched_forwards: bool = True
 
     def validate(self) -> None:
         require_at_least("", self, 1, "height", "width", "num_frames", "max_sequence_length")
@@ -225,21 +228,38 @@ class VaceGenerator:
     def predict_velocity(self, latents: torch.Tensor, sigma: torch.Tensor, conds: Conditions) -> torch.Tensor:
         """latents [B, z, n_ref + T, h, w], sigma [B] -> CFG-combined velocity, float32.
 
-        With guidance the conditional and unconditional inputs go through one forward of batch 2B.
+        With guidance the conditional and unconditional inputs go through one forward of batch 2B
+        (options.batched_forwards False: one forward per sample and branch, as a pipeline that
+        generates one video at a time does; the speed benchmark's baseline).
         """
-        dtype = self.transformer.dtype
         batch = latents.shape[0]
-        x = latents.to(self.device, dtype)
+        x = latents.to(self.device, self.transformer.dtype)
         timestep = sigma_to_timestep(torch.as_tensor(sigma, device=self.device).expand(batch))
-        text = conds.tensors["prompt_embeds"]
+        text, negative = conds.tensors["prompt_embeds"], conds.tensors["negative_prompt_embeds"]
         control = conds.tensors["control_latents"]
         guided = self.options.guidance_scale > 1.0
+        if not self.options.batched_forwards:
+            parts = [slice(i, i + 1) for i in range(batch)]
+            cond = torch.cat([self._forward(x[s], timestep[s], text[s], control[s]) for s in parts])
+            if not guided:
+                return cond
+            uncond = torch.cat([self._forward(x[s], timestep[s], negative[s], control[s]) for s in parts])
+            return uncond + self.options.guidance_scale * (cond - uncond)
         if guided:
             x, timestep, control = x.repeat(2, 1, 1, 1, 1), timestep.repeat(2), control.repeat(2, 1, 1, 1, 1)
-            text = torch.cat([text, conds.tensors["negative_prompt_embeds"]])
+            text = torch.cat([text, negative])
+        out = self._forward(x, timestep, text, control)
+        if not guided:
+            return out
+        cond, uncond = out.chunk(2)
+        return uncond + self.options.guidance_scale * (cond - uncond)
+
+    def _forward(self, x: torch.Tensor, timestep: torch.Tensor, text: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+        """One transformer forward -> its velocity prediction, float32."""
+        dtype = self.transformer.dtype
         num_vace_layers = len(self.transformer.config.vace_layers)
         scale = torch.full((num_vace_layers,), self.options.conditioning_scale, device=self.device, dtype=dtype)
-        out = self.transformer(
+        return self.transformer(
             hidden_states=x,
             timestep=timestep,
             encoder_hidden_states=text.to(self.device, dtype),
@@ -247,10 +267,6 @@ class VaceGenerator:
             control_hidden_states_scale=scale,
             return_dict=False,
         )[0].float()
-        if not guided:
-            return out
-        cond, uncond = out.chunk(2)
-        return uncond + self.options.guidance_scale * (cond - uncond)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, z, n_ref + T, h, w] -> frames [B, num_frames, H, W, 3] in [0, 1]; the

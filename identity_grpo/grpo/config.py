@@ -16,8 +16,9 @@ from typing import Literal
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_positive
 from identity_grpo.core.sections import RunSettings
-from identity_grpo.finetune.config import (DataConfig, EvalSampling, GuardConfig, LoraSettings, check_manifest_inputs,
-                                          largest_divisor_at_most, validate_guard, validate_lora, validate_sampling,
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, GuardConfig, LoraSettings, SpeedSettings,
+                                          check_manifest_inputs, largest_divisor_at_most, validate_guard, validate_lora,
+                                          validate_sampling, validate_speed,
                                           validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
@@ -84,6 +85,7 @@ class GrpoConfig(RunSettings):
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)  # the reward-hacking guard (finetune/guard.py)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
     def validate(self) -> None:
         self.validate_run()
@@ -96,6 +98,7 @@ class GrpoConfig(RunSettings):
         _validate_train(self.train, self.sampling)
         validate_world(self.data)
         validate_guard(self.guard, {"eval/reward", *(f"eval/reward/{r.name}" for r in self.rewards)}, self.data)
+        validate_speed(self.speed)
         self.validate_processes(1)
 
     def validate_inputs(self, generator_given: bool = False, rewards_given: bool = False) -> None:

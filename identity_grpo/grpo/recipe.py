@@ -18,6 +18,7 @@ per-sample evaluation metrics, e.g. the synthetic world's independent identity m
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -53,6 +54,7 @@ class GrpoRecipe(FinetuneRecipe):
                  reward_fns: dict[str, RewardFn] | None = None, evaluate_fn: EvaluateFn | None = None):
         super().__init__(cfg, generator, evaluate_fn)
         self.reward_fns = reward_fns
+        self.scorer: ThreadPoolExecutor | None = None  # speed.overlap_rewards' scoring thread
 
     def validate_inputs(self) -> None:
         self.cfg.validate_inputs(generator_given=self.generator is not None, rewards_given=self.reward_fns is not None)
@@ -90,7 +92,7 @@ class GrpoRecipe(FinetuneRecipe):
         self.drop_non_finite(reward_values["reward"], bad_clips)
         advantage_stats = self.assign_advantages(rollouts)
         update_rng = stream_rng(t.seed, Stream.UPDATE, step, accelerator.process_index)
-        update_stats = update_phase(accelerator, self.policy, rollouts, schedule, t, update_rng)
+        update_stats = update_phase(accelerator, self.policy, rollouts, schedule, t, update_rng, self.timer)
         logged = {f"train/{k}": v for k, v in update_stats.items()}
         logged.update({f"adv/{k}": v for k, v in advantage_stats.items()})
         logged.update(self.reward_statistics(reward_values))
@@ -122,18 +124,27 @@ class GrpoRecipe(FinetuneRecipe):
         batches, real = sampling_batches(self.sampler.slots(step), counts, cfg.train.sample_batch_size), None
         if self.policy.sharded:  # every process runs as many (collective) forwards; the padding is dropped
             batches, real = pad_batches(self.accelerator, batches, batches[-1])
+        scored_later = []  # per batch: its scores (a future with speed.overlap_rewards) and what they join
         for index, batch in enumerate(batches):
             records = [self.train_records[slot.prompt_index] for slot in batch]
             references = [r.load_references() for r in records]
             prompts = [r.prompt for r in records]
             with torch.no_grad():
-                conds = gen.encode_conditions(prompts, references)
+                with self.timer.phase("encode_conditions"):
+                    conds = self.conditions.encode([slot.prompt_index for slot in batch], prompts, references)
                 with self.accelerator.autocast():  # as in the update's forwards, so the log-probs match
-                    trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng)
+                    trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng, timer=self.timer)
                 if real is not None and index >= real:
                     continue
-                videos = gen.decode(trajectory.final_latents)
-            total, per_reward = self.rewards(videos, references, prompts, records=records)
+                with self.timer.phase("vae_decode"):
+                    videos = gen.decode(trajectory.final_latents)
+            scores = self.score(videos, references, prompts, records)
+            scored_later.append((scores, trajectory, videos, conds, batch, references))
+        for scores, trajectory, videos, conds, batch, references in scored_later:
+            if isinstance(scores, Future):
+                with self.timer.phase("reward"):  # only the wait: the scoring sampling did not hide
+                    scores = scores.result()
+            total, per_reward = scores
             bad = ~(finite_samples(trajectory.latents) & finite_samples(videos)).cpu()
             bad_clips.append(bad)
             scored = {"reward": total, **{f"reward/{n}": v for n, v in per_reward.items()}}
@@ -146,6 +157,16 @@ class GrpoRecipe(FinetuneRecipe):
                 values.setdefault(key, []).append(value)
         rollouts = [Rollout.concatenate(parts) for _, parts in sorted(by_count.items())]
         return rollouts, {name: torch.cat(parts) for name, parts in values.items()}, torch.cat(bad_clips)
+
+    def score(self, videos, references, prompts, records):
+        """(total, per reward) now, or with speed.overlap_rewards a Future of it computed in a second
+        thread while the next batch samples (torch releases the GIL inside its kernels)."""
+        if not self.cfg.speed.overlap_rewards:
+            with self.timer.phase("reward"):
+                return self.rewards(videos, references, prompts, records=records)
+        if self.scorer is None:
+            self.scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward")
+        return self.scorer.submit(self.rewards, videos, references, prompts, records=records)
 
     def drop_non_finite(self, totals: torch.Tensor, bad_clips: torch.Tensor) -> None:
         """Count the samples (all processes) dropped for a non-finite clip or reward; NonFiniteStep

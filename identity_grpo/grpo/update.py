@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from identity_grpo.core.timing import NO_TIMING
 from identity_grpo.core.finite import NonFiniteStep, describe, first_non_finite
 from identity_grpo.grpo.config import TrainSettings
 from identity_grpo.finetune.lora import adapter_disabled
@@ -53,18 +54,20 @@ def micro_batches(rollouts: list[Rollout], chunk: torch.Tensor, size: int, skip_
 
 
 def transition_loss(
-    policy: Policy, batch: Rollout, steps: torch.Tensor, noise_schedule, settings: TrainSettings
+    policy: Policy, batch: Rollout, steps: torch.Tensor, noise_schedule, settings: TrainSettings, timer=NO_TIMING
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GRPO loss of one stored step per sample (steps [B] long): the reference's step mean with the
     adapter off (no grad), then the policy's log-prob and mean with grad."""
     t = batch.transition(steps)
     ref_mean = None
-    if settings.beta > 0:
-        with torch.no_grad(), adapter_disabled(policy.transformer):
-            ref_mean = recompute_log_prob(
-                policy.generator, batch.conds, t.latents, t.next_latents, t.sigmas, t.sigmas_next, noise_schedule
-            ).mean
-    new = recompute_log_prob(policy.generator, batch.conds, t.latents, t.next_latents, t.sigmas, t.sigmas_next, noise_schedule)
+    with timer.phase("logprob_recompute"):
+        if settings.beta > 0:
+            with torch.no_grad(), adapter_disabled(policy.transformer):
+                ref_mean = recompute_log_prob(
+                    policy.generator, batch.conds, t.latents, t.next_latents, t.sigmas, t.sigmas_next, noise_schedule
+                ).mean
+        new = recompute_log_prob(policy.generator, batch.conds, t.latents, t.next_latents, t.sigmas, t.sigmas_next,
+                                 noise_schedule)
     loss, stats = grpo_step_loss(
         new.log_prob, t.log_probs, t.advantages, settings.clip_range, settings.beta, new.mean, ref_mean, new.std
     )
@@ -74,7 +77,7 @@ def transition_loss(
 
 def optimizer_step(
     accelerator, policy: Policy, batches: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator,
-    filler: Rollout | None = None,
+    filler: Rollout | None = None, timer=NO_TIMING,
 ) -> dict[str, float]:
     """Accumulate the loss over every micro-batch and trained step, average the gradients over
     processes, clip, step. Returns statistics of the whole (all-process) step; raises NonFiniteStep
@@ -96,24 +99,26 @@ def optimizer_step(
         weight = batch.batch_size / total_pairs if index < real else 0.0
         for k in range(steps.shape[1]):
             with accelerator.autocast():
-                loss, stats = transition_loss(policy, batch, steps[:, k], noise_schedule, settings)
-            accelerator.backward(loss * weight)
+                loss, stats = transition_loss(policy, batch, steps[:, k], noise_schedule, settings, timer)
+            with timer.phase("backward"):
+                accelerator.backward(loss * weight)
             if index >= real:
                 continue
             losses.append(loss.detach().float())
             sums += torch.stack([stats[name].float() for name in STAT_NAMES]) * batch.batch_size
             max_ratio_error = torch.maximum(max_ratio_error, stats["max_abs_log_ratio"].float())
-    average_gradients(accelerator, policy.params)
-    grad_norm = full(accelerator.clip_grad_norm_(policy.params, settings.max_grad_norm))
-    checked = {"loss": torch.stack(losses) if losses else None, "gradient": grad_norm}
-    bad = first_non_finite(accelerator, checked)
-    if bad is not None:
+    with timer.phase("optimizer"):  # gradient averaging, clipping, the step and the EMA
+        average_gradients(accelerator, policy.params)
+        grad_norm = full(accelerator.clip_grad_norm_(policy.params, settings.max_grad_norm))
+        checked = {"loss": torch.stack(losses) if losses else None, "gradient": grad_norm}
+        bad = first_non_finite(accelerator, checked)
+        if bad is not None:
+            policy.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteStep(bad, describe(checked[bad]))
+        policy.optimizer.step()
         policy.optimizer.zero_grad(set_to_none=True)
-        raise NonFiniteStep(bad, describe(checked[bad]))
-    policy.optimizer.step()
-    policy.optimizer.zero_grad(set_to_none=True)
-    if policy.ema is not None:
-        policy.ema.update()
+        if policy.ema is not None:
+            policy.ema.update()
     sums = accelerator.reduce(sums, "sum") / total_pairs
     logged = {name: float(value) for name, value in zip(STAT_NAMES, sums)}
     logged["grad_norm"] = float(grad_norm)
@@ -124,7 +129,8 @@ def optimizer_step(
 
 
 def update_phase(
-    accelerator, policy: Policy, rollouts: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator
+    accelerator, policy: Policy, rollouts: list[Rollout], noise_schedule, settings: TrainSettings, rng: torch.Generator,
+    timer=NO_TIMING,
 ) -> dict[str, float]:
     """inner_epochs passes over the samples, updates_per_epoch optimizer steps each. The first
     step's `max_abs_log_ratio` is the on-policy check: nothing changed since sampling, so the
@@ -137,7 +143,7 @@ def update_phase(
             for chunk in split_for_updates(num_samples, settings.updates_per_epoch, rng):
                 batches = micro_batches(rollouts, chunk, settings.train_batch_size, settings.skip_zero_advantage)
                 history.append(optimizer_step(accelerator, policy, batches, noise_schedule, settings, rng,
-                                              filler=rollouts[0].select([0])))
+                                              filler=rollouts[0].select([0]), timer=timer))
     finally:
         policy.transformer.eval()
     done = [h for h in history if not h["skipped_updates"]]

@@ -20,8 +20,9 @@ from typing import Literal
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least, require_local, require_positive
 from identity_grpo.core.sections import RunSettings
 from identity_grpo.faces.analyzer import FaceAnalyzerConfig
-from identity_grpo.finetune.config import (DataConfig, EvalSampling, GuardConfig, LoraSettings, check_manifest_inputs,
-                                          largest_divisor_at_most, validate_guard, validate_lora, validate_sampling,
+from identity_grpo.finetune.config import (DataConfig, EvalSampling, GuardConfig, LoraSettings, SpeedSettings,
+                                          check_manifest_inputs, largest_divisor_at_most, validate_guard, validate_lora,
+                                          validate_sampling, validate_speed,
                                           validate_world)
 from identity_grpo.finetune.sde import NoiseSchedule
 from identity_grpo.generators.config import GeneratorConfig
@@ -105,6 +106,7 @@ class IproConfig(RunSettings):
     data: DataConfig = field(default_factory=DataConfig)
     train: IproTrainSettings = field(default_factory=IproTrainSettings)
     guard: GuardConfig = field(default_factory=GuardConfig)  # the reward-hacking guard (finetune/guard.py)
+    speed: SpeedSettings = field(default_factory=SpeedSettings)
 
     def validate(self) -> None:
         self.validate_run()
@@ -116,6 +118,7 @@ class IproConfig(RunSettings):
         validate_reward_specs(self.eval_rewards, "eval_rewards")
         validate_world(self.data)
         validate_guard(self.guard, {"eval/face_reward"}, self.data)
+        validate_speed(self.speed)
         _validate_sequence_parallel(self)
         self.validate_processes(self.train.sequence_parallel)  # the smallest launch it can run on
 

@@ -90,7 +90,7 @@ class IproRecipe(FinetuneRecipe):
     # --- the step ---------------------------------------------------------------------------
     def train_step(self, step: int) -> dict[str, float]:
         """One optimizer step over train.batch_size samples (all processes), accumulated over micro-batches."""
-        t, accelerator, gen, policy = self.cfg.train, self.accelerator, self.generator, self.policy
+        t, accelerator, gen, policy, timer = self.cfg.train, self.accelerator, self.generator, self.policy, self.timer
         rng = stream_rng(t.seed, Stream.SAMPLING, step, self.data_parallel.rank)  # a sequence-parallel group's noise
         sigmas = gen.sigmas(self.cfg.sampling.train_steps)
         counts = [len(r.references) for r in self.train_records]
@@ -105,16 +105,21 @@ class IproRecipe(FinetuneRecipe):
         for index, batch in enumerate(batches):
             padding = real is not None and index >= real
             records = [self.train_records[slot.prompt_index] for slot in batch]
-            with torch.no_grad():
-                conds = gen.encode_conditions([r.prompt for r in records], [r.load_references() for r in records])
+            with torch.no_grad(), timer.phase("encode_conditions"):
+                conds = self.conditions.encode([slot.prompt_index for slot in batch], [r.prompt for r in records],
+                                               [r.load_references() for r in records])
             noise = gen.initial_noise(conds, rng)
             with accelerator.autocast():
-                sample = sample_last_steps(gen, policy.transformer, conds, noise, sigmas, t.last_steps,
-                                           t.step_weights(), with_kl=t.kl_weight > 0)
-                videos = self.decode_for_reward(sample.latents, step, index)
-            reward = self.face_reward(videos, records).to(accelerator.device)
+                with timer.phase("sample_forward"):  # the no-grad steps, the last K with grad and their KL
+                    sample = sample_last_steps(gen, policy.transformer, conds, noise, sigmas, t.last_steps,
+                                               t.step_weights(), with_kl=t.kl_weight > 0)
+                with timer.phase("vae_decode"):
+                    videos = self.decode_for_reward(sample.latents, step, index)
+            with timer.phase("reward"):
+                reward = self.face_reward(videos, records).to(accelerator.device)
             losses = t.reward_weight * -reward + t.kl_weight * sample.kl
-            accelerator.backward(losses.sum() * 0.0 if padding else losses.sum() / t.batch_size)  # the step's mean
+            with timer.phase("backward"):
+                accelerator.backward(losses.sum() * 0.0 if padding else losses.sum() / t.batch_size)  # the step's mean
             if padding:
                 continue
             sums += torch.stack([reward.sum(), sample.kl.sum(), losses.sum()]).detach()
@@ -124,15 +129,17 @@ class IproRecipe(FinetuneRecipe):
                 checked[name].append(value.detach().float())
             step_kl += sample.step_kl.sum(dim=0)
         policy.transformer.eval()
-        average_gradients(accelerator, policy.params)  # summed over processes: each loss was already / batch_size
-        grad_norm = full(accelerator.clip_grad_norm_(policy.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")))
+        with timer.phase("optimizer"):
+            average_gradients(accelerator, policy.params)  # summed over processes: each loss was already / batch_size
+            grad_norm = full(accelerator.clip_grad_norm_(policy.params, t.max_grad_norm if t.max_grad_norm > 0 else float("inf")))
         values = {**{name: torch.cat(parts) for name, parts in checked.items()}, "gradient": grad_norm}
         bad = first_non_finite(accelerator, values)
         if bad is not None:
             policy.optimizer.zero_grad(set_to_none=True)
             raise NonFiniteStep(bad, describe(values[bad]))
-        policy.optimizer.step()
-        policy.optimizer.zero_grad(set_to_none=True)
+        with timer.phase("optimizer"):
+            policy.optimizer.step()
+            policy.optimizer.zero_grad(set_to_none=True)
         counted = t.batch_size * t.sequence_parallel  # each process of a group holds the group's samples
         sums = accelerator.reduce(sums, "sum") / counted
         step_kl = accelerator.reduce(step_kl, "sum") / counted

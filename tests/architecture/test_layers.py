@@ -21,6 +21,7 @@ LAYERS = {
     "identity_grpo.ipro": 7,
     "identity_grpo.report": 8,
     "identity_grpo.plan": 8,
+    "identity_grpo.bench": 9,  # above plan: it builds the published shapes plan/architectures.py describes
 }
 
 
