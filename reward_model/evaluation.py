@@ -17,7 +17,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from reward_model.baseline import HistogramBaselineScorer
-from reward_model.pair_metrics import PairReport, PairScores, calibrate_tie_threshold, comparison_table, pair_report, print_table
+from reward_model.pair_metrics import (PairReport, PairScores, SwapReport, calibrate_tie_threshold, clean_clips,
+                                       comparison_table, pair_report, print_table, swap_report, swap_rows,
+                                       swapped_references)
 from identity_grpo.core.config_io import RunFailed
 from identity_grpo.core.video import VideoReadError, read_image, read_video
 
@@ -51,11 +53,10 @@ def read_clip(key: ClipKey, num_frames: int) -> tuple[np.ndarray, list[np.ndarra
         raise Unreadable("unreadable_reference", error) from error
 
 
-def score_rows(score: ScoreFn, rows: list[dict], num_frames: int, batch_size: int = 32, desc: str = "scoring") -> PairScores:
-    """Score every distinct clip of `rows` once (clips are shared between pairs) and pair them up.
-    Pairs with an unreadable file are left out (PairScores.skipped counts them by reason) and each
-    is named in a warning with its row (its position in `rows`) and the file."""
-    keys = list(dict.fromkeys(clip_key(row, side) for row in rows for side in SIDES))
+def score_clips(score: ScoreFn, keys: list[ClipKey], num_frames: int, batch_size: int = 32,
+                desc: str = "scoring") -> tuple[dict[ClipKey, float], dict[ClipKey, Unreadable]]:
+    """Score each (video, references, prompt) once -> (scores, the keys that could not be read)."""
+    keys = list(dict.fromkeys(keys))
     values: dict[ClipKey, float] = {}
     unreadable: dict[ClipKey, Unreadable] = {}
     for start in tqdm(range(0, len(keys), batch_size), desc=desc, leave=False):
@@ -69,6 +70,15 @@ def score_rows(score: ScoreFn, rows: list[dict], num_frames: int, batch_size: in
             videos, refs = zip(*read.values())
             scores = np.asarray(score(list(videos), list(refs), [key[2] for key in read]), dtype=np.float64)
             values.update(zip(read, scores.tolist()))
+    return values, unreadable
+
+
+def score_rows(score: ScoreFn, rows: list[dict], num_frames: int, batch_size: int = 32, desc: str = "scoring") -> PairScores:
+    """Score every distinct clip of `rows` once (clips are shared between pairs) and pair them up.
+    Pairs with an unreadable file are left out (PairScores.skipped counts them by reason) and each
+    is named in a warning with its row (its position in `rows`) and the file."""
+    keys = [clip_key(row, side) for row in rows for side in SIDES]
+    values, unreadable = score_clips(score, keys, num_frames, batch_size, desc)
     kept, skipped = [], Counter()
     for number, row in enumerate(rows, 1):
         error = next((unreadable[k] for k in (clip_key(row, side) for side in SIDES) if k in unreadable), None)
@@ -96,6 +106,24 @@ def evaluate_scorer(score: ScoreFn, splits: dict[str, list[dict]], num_frames: i
     require_finite(test, name, "test")
     skipped["test"] = test.skipped
     return pair_report(test, threshold), skipped
+
+
+def reference_swap(score: ScoreFn, rows: list[dict], num_frames: int, name: str) -> SwapReport:
+    """Each clean clip of `rows` scored with its own references and with another clip's
+    (pair_metrics.swapped_references; the clip's own prompt kept): does the scorer look at whom
+    the references show? Clips with an unreadable file, or with no clip of other people to take
+    references from, are left out. Raises RunFailed on a
+    non-finite score, as evaluate_scorer."""
+    clips = clean_clips(rows)
+    partners = swapped_references([references for _, references, _ in clips])
+    pairs = [((video, own, prompt), (video, clips[j][1], prompt))
+             for (video, own, prompt), j in zip(clips, partners) if j is not None]
+    values, _ = score_clips(score, [key for pair in pairs for key in pair], num_frames, desc=f"{name}: reference swap")
+    kept = [(own, other) for own, other in pairs if own in values and other in values]
+    own, other = np.array([values[a] for a, _ in kept]), np.array([values[b] for _, b in kept])
+    if not (np.isfinite(own).all() and np.isfinite(other).all()):
+        raise RunFailed(f"the {name} gives non-finite scores in the reference swap")
+    return swap_report(own, other)
 
 
 def validation_metrics(scores: PairScores) -> dict[str, float]:
@@ -130,11 +158,16 @@ def compare_with_baseline(score: ScoreFn, splits: dict[str, list[dict]], num_fra
     learned, skipped = evaluate_scorer(score, splits, num_frames, "reward model")
     baseline, _ = evaluate_scorer(HistogramBaselineScorer().score, splits, num_frames, "baseline")  # the same files
     rows = comparison_table({"reward model": learned, "colour-histogram baseline": baseline})
+    swaps = {name: reference_swap(scorer, splits["test"], num_frames, name)
+             for name, scorer in (("reward model", score), ("baseline", HistogramBaselineScorer().score))}
+    rows += swap_rows(swaps["reward model"], swaps["baseline"])
     print_table(rows, title=f"Held-out pairs ({learned.num_pairs}), accuracy")
     line = left_out_line(skipped)
     if line:
         print(line)
     return {
+        "reference_swap": swaps["reward model"].to_dict(),
+        "baseline_reference_swap": swaps["baseline"].to_dict(),
         "accuracy": learned.accuracy,
         "tie_accuracy": learned.tie_accuracy,
         "baseline_accuracy": baseline.accuracy,

@@ -123,6 +123,54 @@ def pair_report(scores: PairScores, tie_threshold: float) -> PairReport:
     return report
 
 
+@dataclass
+class SwapReport:
+    """Clean clips scored with their own references and with another clip's (the clip's prompt kept)."""
+
+    accuracy: float  # share of clips scored higher with their own references
+    mean_margin: float  # mean of own - other
+    num_clips: int
+
+    def to_dict(self) -> dict:
+        return {"accuracy": self.accuracy, "mean_margin": self.mean_margin, "num_clips": self.num_clips}
+
+
+def clean_clips(rows: list[dict]) -> list[tuple[str, tuple[str, ...], str]]:
+    """(video, references, prompt) of every clean clip in `rows`, each once, in row order: the
+    preferred clip of a pair whose other clip is the only one changed (severity_other 0: clean
+    vs distorted, stranger, other people) and both clips of a clean tie. Rows without these
+    fields (real data) give none."""
+    clips = []
+    for row in rows:
+        if row["label"] == "tie":
+            sides = ["video_a", "video_b"] if row.get("distortion") == "clean" else []
+        else:
+            sides = [f"video_{row['label']}"] if row.get("severity_other") == 0 else []
+        clips += [(row[side], tuple(row["references"]), row["prompt"]) for side in sides]
+    return list(dict.fromkeys(clips))
+
+
+def swapped_references(references: list[tuple[str, ...]]) -> list[int | None]:
+    """For clip i, the index of the clip whose references it is scored with: the next one (cyclically)
+    with as many references and none in common, else the next one with no reference in common,
+    else None (no clip shows other people: it is left out)."""
+    partners = []
+    for i, own in enumerate(references):
+        order = [(i + k) % len(references) for k in range(1, len(references))]
+        disjoint = [j for j in order if not set(references[j]) & set(own)]
+        same_count = [j for j in disjoint if len(references[j]) == len(own)]
+        partners.append((same_count or disjoint or [None])[0])
+    return partners
+
+
+def swap_report(own: np.ndarray, other: np.ndarray) -> SwapReport:
+    """own, other [N]: each clip's score with its own and with the other clip's references."""
+    margin = np.asarray(own, dtype=np.float64) - np.asarray(other, dtype=np.float64)
+    if not len(margin):
+        return SwapReport(float("nan"), float("nan"), 0)
+    return SwapReport(float((margin > 0).mean()), float(margin.mean()), len(margin))
+
+
 def comparison_table(reports: dict[str, PairReport]) -> list[list[str]]:
     """Rows of a printable table: one line per slice, one column per scorer."""
     names = list(reports)
@@ -143,6 +191,15 @@ def comparison_table(reports: dict[str, PairReport]) -> list[list[str]]:
         for key, acc in sorted(getattr(first, attr).items()):
             rows.append(line(f"{title}: {key}", lambda r, a=attr, k=key: getattr(r, a).get(k, Accuracy()), acc.total))
     return rows
+
+
+def swap_rows(*reports: SwapReport) -> list[list[str]]:
+    """The reference-swap lines under the comparison table: accuracy and mean margin per scorer."""
+    def cell(value: float, percent: bool) -> str:
+        return "-" if math.isnan(value) else (f"{100 * value:.1f}%" if percent else f"{value:+.3f}")
+
+    return [["reference swap: own > other references", *(cell(r.accuracy, True) for r in reports), str(reports[0].num_clips)],
+            ["reference swap: mean margin (own - other)", *(cell(r.mean_margin, False) for r in reports), str(reports[0].num_clips)]]
 
 
 def print_table(rows: list[list[str]], title: str) -> None:

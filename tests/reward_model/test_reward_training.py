@@ -35,7 +35,8 @@ def test_two_steps_change_every_trainable_parameter_and_no_frozen_one(tmp_path):
         changed = not torch.equal(value, after[name].detach())
         assert changed == (name in trainable), f"{name}: changed={changed}, trainable={name in trainable}"
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert {"accuracy", "tie_accuracy", "baseline_accuracy", "num_test_pairs"} <= set(saved)
+    assert {"accuracy", "tie_accuracy", "baseline_accuracy", "num_test_pairs", "reference_swap"} <= set(saved)
+    assert set(saved["reference_swap"]) == {"accuracy", "mean_margin", "num_clips"}
     assert saved["num_test_pairs"] == 6 and metrics["num_test_pairs"] == 6
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log if "train/loss" in entry] == [1, 2]
