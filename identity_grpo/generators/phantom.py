@@ -31,7 +31,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
-from identity_grpo.generators.prompt_cache import PromptCache, cache_and_offload, embed_prompts
+from identity_grpo.generators.prompt_cache import CachedPromptEmbeddings, PromptCache
 from identity_grpo.generators.phantom_convert import load_converted, load_original_state_dict
 from identity_grpo.generators.wan_common import (
     latent_frame_count,
@@ -102,7 +102,7 @@ def reference_canvas(image: np.ndarray, height: int, width: int) -> torch.Tensor
     return torch.from_numpy(canvas).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-class PhantomGenerator:
+class PhantomGenerator(CachedPromptEmbeddings):
     """The Generator protocol (generators/base.py) over a Wan2.1-T2V transformer with Phantom weights."""
 
     def __init__(
@@ -194,15 +194,6 @@ class PhantomGenerator:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.transformer, self.vae, self.text_encoder]
-
-    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
-        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
-        there; encode_conditions then reads the cache (generators/prompt_cache.py)."""
-        cache_and_offload(self, self.prompt_cache, prompts)
-
-    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        return embed_prompts(self.tokenizer, self.text_encoder, self.prompt_cache, prompts,
-                             self.options.max_sequence_length, self.device)
 
     @property
     def device(self) -> torch.device:

@@ -57,16 +57,19 @@ class PromptCache:
         return out.to(device)
 
 
-def embed_prompts(tokenizer, text_encoder: torch.nn.Module, cache: PromptCache, prompts: Sequence[str],
-                  max_length: int, device: torch.device | str) -> torch.Tensor:
-    """The generators' prompt embeddings: from the cache once it is filled, else from the encoder."""
-    if cache.filled:
-        return cache.lookup(list(prompts), max_length, device)
-    return encode_prompts(tokenizer, text_encoder, prompts, max_length)
+class CachedPromptEmbeddings:
+    """What the Wan generators share for prompts: embeddings from `self.prompt_cache` once it is filled,
+    else from the text encoder. The generator holds tokenizer, text_encoder, prompt_cache, options
+    (max_sequence_length, negative_prompt) and device."""
 
+    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
+        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
+        there; encode_conditions then reads the cache."""
+        o = self.options
+        self.prompt_cache.fill(self.tokenizer, self.text_encoder, [*prompts, o.negative_prompt], o.max_sequence_length)
+        self.text_encoder.to("cpu")
 
-def cache_and_offload(generator, cache: PromptCache, prompts: Sequence[str]) -> None:
-    """Fill the cache with `prompts` and the generator's negative prompt, then move its text encoder to the CPU."""
-    o = generator.options
-    cache.fill(generator.tokenizer, generator.text_encoder, [*prompts, o.negative_prompt], o.max_sequence_length)
-    generator.text_encoder.to("cpu")
+    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        if self.prompt_cache.filled:
+            return self.prompt_cache.lookup(list(prompts), self.options.max_sequence_length, self.device)
+        return encode_prompts(self.tokenizer, self.text_encoder, prompts, self.options.max_sequence_length)

@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from identity_grpo.core.config_io import require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
-from identity_grpo.generators.prompt_cache import PromptCache, cache_and_offload, embed_prompts
+from identity_grpo.generators.prompt_cache import CachedPromptEmbeddings, PromptCache
 from identity_grpo.generators.wan_common import (
     fit_on_canvas,
     image_to_tensor,
@@ -62,7 +62,7 @@ class VaceOptions:
         require_positive("", self, "shift")
 
 
-class VaceGenerator:
+class VaceGenerator(CachedPromptEmbeddings):
     """The Generator protocol (generators/base.py) over diffusers' Wan VACE components."""
 
     def __init__(
@@ -149,15 +149,6 @@ class VaceGenerator:
 
     def modules(self) -> list[torch.nn.Module]:
         return [self.transformer, self.vae, self.text_encoder]
-
-    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
-        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
-        there; encode_conditions then reads the cache (generators/prompt_cache.py)."""
-        cache_and_offload(self, self.prompt_cache, prompts)
-
-    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        return embed_prompts(self.tokenizer, self.text_encoder, self.prompt_cache, prompts,
-                             self.options.max_sequence_length, self.device)
 
     @property
     def device(self) -> torch.device:

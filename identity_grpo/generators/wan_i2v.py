@@ -37,7 +37,7 @@ from transformers import AutoTokenizer, CLIPVisionModel, UMT5EncoderModel
 
 from identity_grpo.core.config_io import ConfigError, require_at_least, require_positive
 from identity_grpo.generators.base import Conditions
-from identity_grpo.generators.prompt_cache import PromptCache, cache_and_offload, embed_prompts
+from identity_grpo.generators.prompt_cache import CachedPromptEmbeddings, PromptCache
 from identity_grpo.generators.wan_common import (
     fit_on_canvas,
     image_to_tensor,
@@ -119,7 +119,7 @@ def first_frame_mask(batch: int, latent_frames: int, temporal_factor: int, heigh
     return mask
 
 
-class I2vGenerator:
+class I2vGenerator(CachedPromptEmbeddings):
     """The Generator protocol (generators/base.py) over diffusers' Wan image-to-video components."""
 
     def __init__(self, transformer: WanTransformer3DModel, vae: AutoencoderKLWan, text_encoder: UMT5EncoderModel,
@@ -206,15 +206,6 @@ class I2vGenerator:
     def modules(self) -> list[torch.nn.Module]:
         return [m for m in (self.transformer, self.transformer_2, self.vae, self.text_encoder, self.image_encoder)
                 if m is not None]
-
-    def offload_text_encoder(self, prompts: Sequence[str]) -> None:
-        """Encode `prompts` and the negative prompt once, keep them on the CPU and move the text encoder
-        there; encode_conditions then reads the cache (generators/prompt_cache.py)."""
-        cache_and_offload(self, self.prompt_cache, prompts)
-
-    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
-        return embed_prompts(self.tokenizer, self.text_encoder, self.prompt_cache, prompts,
-                             self.options.max_sequence_length, self.device)
 
     @property
     def device(self) -> torch.device:
