@@ -175,7 +175,7 @@ def test_bad_manifests_under_the_entry_scripts_are_one_line(tmp_path, capsys):
 
     (tmp_path / "prompts.jsonl").write_text(json.dumps({"prompt": "two people"}) + "\n" + json.dumps({"prompt": ""}) + "\n")
     assert train_grpo.main([
-        "--config", "configs/grpo/synthetic_vace.yaml", "generator.pretrained=tiny", "data.world.enabled=false",
+        "--config", "configs/grpo/synthetic_vace.yaml", "generator.pretrained=tiny", "data.world.enabled=false", "guard.metric=''",
         f"data.train_manifest={tmp_path / 'prompts.jsonl'}", "rewards=[{name: world_face_similarity}]",
         "train.eval_every=0", f"output_dir={tmp_path / 'grpo'}",
     ]) == 2

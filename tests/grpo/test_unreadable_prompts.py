@@ -27,7 +27,7 @@ def test_a_corrupt_training_reference_is_one_line(prompts, tmp_path, capsys):
     import train_grpo
 
     assert train_grpo.main([
-        "--config", "configs/grpo/synthetic_vace.yaml", "generator.pretrained=tiny", "data.world.enabled=false",
+        "--config", "configs/grpo/synthetic_vace.yaml", "generator.pretrained=tiny", "data.world.enabled=false", "guard.metric=''",
         f"data.train_manifest={prompts}", "rewards=[{name: world_face_similarity}]", "train.eval_every=0",
         f"output_dir={tmp_path / 'grpo'}",
     ]) == 2
