@@ -4,6 +4,17 @@ pytest puts this folder on sys.path (tests/ has no __init__.py), so `tests_suppo
 """
 import os
 
+import pytest
+import torch
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+@pytest.fixture
+def restore_threads():
+    """Tests that set torch's thread count give the caller's back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

@@ -18,6 +18,14 @@ TINY_REWARD_OVERRIDES = [
 ]
 
 
+def safetensors_weights(folder: Path) -> dict:
+    """Every tensor of every .safetensors file below `folder`, keyed "<file path>/<tensor name>"."""
+    from safetensors.torch import load_file
+
+    return {f"{path.relative_to(folder)}/{name}": tensor for path in sorted(Path(folder).rglob("*.safetensors"))
+            for name, tensor in load_file(path).items()}
+
+
 def folder_contents(folder: Path) -> dict[str, bytes]:
     """Every file under `folder`, relative path -> bytes: equal before and after means untouched."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}

@@ -3,7 +3,7 @@ first use, cached), and pools from ground-truth clips the world renders of the p
 
     reward = world_face_reward(WorldFaceSettings(), device)   # a DifferentiableFaceReward
 
-Cache: cache_dir/faces-<hash of the settings and of BUILDING_MODULES' source>/ holds embedder.pt and detector.pt (state dicts)
+Cache: cache_dir/faces-<hash of the settings and of BUILDING_MODULES' source>/ holds embedder.safetensors and detector.safetensors (state dicts; no pickle)
 and faces.json (settings, training records, seconds), written last; a folder is built under a
 temporary name and renamed into place, so concurrent runs never see half a cache.
 
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least
 from identity_grpo.core.cache_folders import build_threads, is_complete, publish, scratch_folder, settings_hash
@@ -98,16 +99,16 @@ def world_face_models(settings: WorldFaceSettings, device: torch.device | str = 
             middle = time.perf_counter()
             detector, detector_record = train_detector(settings.detector, settings.embedder, settings.seed, progress)
         tmp = scratch_folder(folder)
-        torch.save(embedder.state_dict(), tmp / "embedder.pt")
-        torch.save(detector.state_dict(), tmp / "detector.pt")
+        save_file({k: v.contiguous() for k, v in embedder.state_dict().items()}, tmp / "embedder.safetensors")
+        save_file({k: v.contiguous() for k, v in detector.state_dict().items()}, tmp / "detector.safetensors")
         record = {"settings": asdict(settings), "embedder": embedder_record, "detector": detector_record,
                   "embedder_seconds": middle - start, "detector_seconds": time.perf_counter() - middle}
         (tmp / COMPLETE_MARKER).write_text(json.dumps(record))
         publish(tmp, folder, COMPLETE_MARKER)
     embedder = IResNet(settings.embedder.iresnet)
-    embedder.load_state_dict(torch.load(folder / "embedder.pt", map_location="cpu", weights_only=True))
+    embedder.load_state_dict(load_file(folder / "embedder.safetensors"))
     detector = HeadDetector()
-    detector.load_state_dict(torch.load(folder / "detector.pt", map_location="cpu", weights_only=True))
+    detector.load_state_dict(load_file(folder / "detector.safetensors"))
     return (embedder.to(device).eval().requires_grad_(False), detector.to(device).eval().requires_grad_(False))
 
 
