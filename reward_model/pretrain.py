@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from identity_grpo.core.cache_folders import build_threads
 from identity_grpo.core.code_hash import source_hash
+from identity_grpo.core.shipped import shipped_copy
 from identity_grpo.core.config_io import to_dict
 from reward_model.model import RewardModel, RewardModelConfig, build_reward_model
 from identity_grpo.world import identities as world
@@ -159,10 +160,19 @@ def cache_key(model_cfg: RewardModelConfig, pretrain_cfg, world: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def pretrained_model_dir(model_cfg: RewardModelConfig, pretrain_cfg, num_frames: int, height: int, width: int) -> Path:
-    """Pretrain (or find in the cache) and return the folder of the pretrained RewardModel."""
+def backbone_cache_folder(model_cfg: RewardModelConfig, pretrain_cfg, num_frames: int, height: int, width: int) -> Path:
+    """Where the pretrained RewardModel for these settings is cached."""
     world = {"num_frames": num_frames, "height": height, "width": width}
-    folder = Path(pretrain_cfg.cache_dir) / cache_key(model_cfg, pretrain_cfg, world)
+    return Path(pretrain_cfg.cache_dir) / cache_key(model_cfg, pretrain_cfg, world)
+
+
+def pretrained_model_dir(model_cfg: RewardModelConfig, pretrain_cfg, num_frames: int, height: int, width: int) -> Path:
+    """The folder of the pretrained RewardModel: the repository's shipped copy, the cached one, or
+    pretrained now and cached."""
+    world = {"num_frames": num_frames, "height": height, "width": width}
+    folder = backbone_cache_folder(model_cfg, pretrain_cfg, **world)
+    if (shipped := shipped_copy(folder)) is not None:
+        return shipped
     if (folder / "reward_config.json").is_file():
         return folder
     torch.manual_seed(pretrain_cfg.seed)

@@ -18,6 +18,44 @@ TINY_REWARD_OVERRIDES = [
 ]
 
 
+def tiny_world_face_settings(cache_dir: Path):
+    """World face settings whose first-use build takes a second (two steps each, a tiny IResNet)."""
+    from identity_grpo.faces.iresnet import IResNetConfig
+    from identity_grpo.world.face_detector import DetectorTraining
+    from identity_grpo.world.face_embedder import EmbedderTraining
+    from identity_grpo.world.face_models import WorldFaceSettings
+
+    iresnet = IResNetConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), embedding_dim=16, input_size=32)
+    return WorldFaceSettings(cache_dir=str(cache_dir),
+                             embedder=EmbedderTraining(iresnet=iresnet, steps=2, clips_per_step=2, references_per_step=2),
+                             detector=DetectorTraining(steps=2, frames_per_step=2))
+
+
+def slot_face_reward(embedding_seed: int = 0):
+    """IPRO's face reward (the real reward code path) with stand-ins that need no training: a random
+    tiny recognizer, a locator that reports one face per person-slot (left to right), random pools."""
+    import torch
+
+    from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
+    from identity_grpo.faces.iresnet import TINY, IResNet
+    from identity_grpo.faces.pool_reward import Detections, FacePool
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(embedding_seed)
+        recognizer = IResNet(TINY).eval()
+
+    def locate(frames, max_faces):
+        width = frames.shape[-1]
+        return [Detections(torch.tensor([[k * width / 2, 0.0, (k + 1) * width / 2, width / 2] for k in range(2)]))
+                for _ in frames]
+
+    def pool_of(record):
+        g = torch.Generator().manual_seed(len(record.prompt))
+        return FacePool([torch.randn(3, TINY.embedding_dim, generator=g) for _ in record.references])
+
+    return DifferentiableFaceReward(recognizer, locate, pool_of)
+
+
 def safetensors_weights(folder: Path) -> dict:
     """Every tensor of every .safetensors file below `folder`, keyed "<file path>/<tensor name>"."""
     from safetensors.torch import load_file

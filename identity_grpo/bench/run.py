@@ -29,8 +29,10 @@ PHASES = ("encode_conditions", "sample_forward", "vae_decode", "reward", "logpro
 TRAINING_PHASES = {"grpo": ("logprob_recompute", "backward"), "ipro": ("sample_forward", "backward")}
 
 
-def build_recipe(cfg, method: str, generator: Generator | None = None, reward_fns: dict[str, RewardFn] | None = None):
-    """The method's recipe over a copy of cfg writing into a scratch folder (no evaluation, no logging)."""
+def build_recipe(cfg, method: str, generator: Generator | None = None, reward_fns: dict[str, RewardFn] | None = None,
+                 face_reward=None):
+    """The method's recipe over a copy of cfg writing into a scratch folder (no evaluation, no
+    logging); IPRO's face reward from the config unless given."""
     scratch = tempfile.mkdtemp(prefix="identity-grpo-bench-")
     cfg = dataclasses.replace(cfg, output_dir=scratch, resume=False,
                               wandb=dataclasses.replace(cfg.wandb, mode="disabled"))
@@ -40,18 +42,18 @@ def build_recipe(cfg, method: str, generator: Generator | None = None, reward_fn
         return GrpoRecipe(cfg, generator, reward_fns)
     from identity_grpo.ipro.recipe import IproRecipe
 
-    return IproRecipe(cfg, generator, None, None, reward_fns)
+    return IproRecipe(cfg, generator, face_reward, None, reward_fns)
 
 
 def run_benchmark(cfg, method: str, iterations: int = 2, generator: Generator | None = None,
                   reward_fns: dict[str, RewardFn] | None = None, compare: bool = True, mfu: bool | None = None,
-                  log=print) -> dict:
+                  log=print, face_reward=None) -> dict:
     """Time `iterations` training iterations (after one warm-up) by phase; then, with `compare`,
     each fast path side by side with its plain path; with `mfu` (default: on a GPU) the model FLOP
     utilization (one more iteration, FLOPs counted). Returns the JSON record (README "Performance")."""
     if iterations < 1:
         raise ValueError(f"bench.run_benchmark: iterations must be >= 1, got {iterations}")
-    recipe = build_recipe(cfg, method, generator, reward_fns)
+    recipe = build_recipe(cfg, method, generator, reward_fns, face_reward)
     recipe.setup()
     device = recipe.accelerator.device
     log(f"warm-up iteration on {device}")

@@ -9,6 +9,8 @@ imports within the project, read with `ast`, imports inside functions included) 
 that a list is closed under imports, i.e. that no building module was left out. Package __init__
 files are not counted: they hold docstrings and re-exports, no building code.
 Line endings are normalised, so a checkout with CRLF files hashes like one with LF files.
+Modules in NOT_BUILDING only choose which finished folder to read (core/shipped.py): builders
+import them, but they never change what is built, so the closure does not follow them.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # holds identity_grpo/ and reward_model/
 PROJECT_PACKAGES = ("identity_grpo", "reward_model")
+NOT_BUILDING = frozenset({"identity_grpo.core.shipped"})  # read finished folders, never build (see above)
 
 
 def module_file(module: str) -> Path:
@@ -70,11 +73,11 @@ def project_imports(module: str) -> set[str]:
 
 
 def import_closure(modules: list[str]) -> set[str]:
-    """The named modules and every project module they import, directly or not."""
+    """The named modules and every project module they import, directly or not (NOT_BUILDING aside)."""
     seen, todo = set(), list(modules)
     while todo:
         module = todo.pop()
         if module not in seen:
             seen.add(module)
-            todo += sorted(project_imports(module) - seen)
+            todo += sorted(project_imports(module) - seen - NOT_BUILDING)
     return seen

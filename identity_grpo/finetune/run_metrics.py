@@ -11,6 +11,8 @@ in neither). The summary keeps both evaluations and puts the headline figures at
     win_rate                          share of held-out prompts whose reward went up (ties half),
                                       over the prompts with a finite reward before and after
     kl                                the KL to the reference at the last training iteration
+    within_group_spearman             GRPO on the synthetic world: per reward, the mean over steps of its
+                                      within-group rank correlation with the identity measure
     guard_best_step / final_step      with a reward-hacking guard (cfg.guard): the evaluation step
                                       with the best guard value, and the step final/ holds; "guard"
                                       holds the settings, alarms and every judged evaluation
@@ -97,6 +99,8 @@ def summary_table(metrics: dict) -> str:
             lines.append(f"| win rate ({name}) | | {rates[name]:.1%} | |")
     if metrics.get("kl") is not None:
         lines.append(f"| KL to the reference (last step) | | {metrics['kl']:.3e} | |")
+    for name, rho in sorted((metrics.get("within_group_spearman") or {}).items()):
+        lines.append(f"| within-group Spearman, {name} vs identity (training samples, mean over steps) | | {rho:+.3f} | |")
     guard = metrics.get("guard")
     if guard and guard.get("best_step") is not None:
         alarms = ", ".join(str(s) for s in guard["alarms"]) or "none"

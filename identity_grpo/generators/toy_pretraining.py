@@ -36,6 +36,7 @@ from transformers import AutoTokenizer, UMT5EncoderModel
 
 from identity_grpo.core.cache_folders import build_threads, is_complete, publish, scratch_folder, settings_hash
 from identity_grpo.core.code_hash import source_hash
+from identity_grpo.core.shipped import shipped_copy
 from identity_grpo.generators.base import Conditions
 from identity_grpo.generators.phantom import PhantomGenerator, PhantomOptions
 from identity_grpo.generators.vace import VaceGenerator, VaceOptions
@@ -374,12 +375,15 @@ def cache_folders(kind: Kind, cache_dir: str | Path, model: ToyModelConfig, trai
 def toy_generator_path(kind: Kind, cache_dir: str | Path = "data/cache/toy_generators",
                        model_config: ToyModelConfig | None = None, pretrain_config: ToyPretrainConfig | None = None,
                        device: torch.device | str = "cpu", progress: bool = True) -> Path:
-    """The cached generator folder for these settings, pretraining it first if it is not there."""
+    """The generator folder for these settings: the repository's shipped copy (core/shipped.py),
+    the cached one, or pretrained now and cached."""
     model = model_config or ToyModelConfig()
     train = pretrain_config or ToyPretrainConfig()
     model.validate()
     train.validate(model)
     folder, vae_folder = cache_folders(kind, cache_dir, model, train)
+    if (shipped := shipped_copy(folder)) is not None:
+        return shipped
     if is_complete(folder, COMPLETE_MARKER):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,11 @@ A sample whose generated trajectory or clip, or whose reward, is non-finite is d
 advantages, the update and the logged reward statistics, and counted (skip/samples/clip,
 skip/samples/reward); a step left with no sample is skipped (NonFiniteStep).
 
+On the synthetic world each step also scores its training samples with the world's independent
+identity measure and logs how each reward ranks a group's samples against it (rank/<reward>:
+within-group Spearman, rank_correlation.py); metrics.json holds the run's mean per reward
+(`within_group_spearman`).
+
     metrics = train_grpo(cfg, generator=None, reward_fns=None, evaluate_fn=None)
 
 Hooks for callers that bring their own parts: `generator` (any object with the Generator protocol
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,18 +32,20 @@ from identity_grpo.core.finite import NonFiniteStep, finite_samples
 from identity_grpo.core.seeds import Stream, stream_rng
 from identity_grpo.finetune.batches import sampling_batches
 from identity_grpo.finetune.ema import ParameterEMA
-from identity_grpo.finetune.evaluation import EvaluateFn
-from identity_grpo.finetune.recipe import FinetuneRecipe
+from identity_grpo.finetune.evaluation import EvalBatch, EvaluateFn
+from identity_grpo.finetune.recipe import FinetuneRecipe, FinetuneState
 from identity_grpo.core.sharding import pad_batches
 from identity_grpo.finetune.rollout import Rollout
 from identity_grpo.finetune.sampling import sample_with_log_probs
 from identity_grpo.generators.base import Generator
 from identity_grpo.grpo.advantages import gather_for_advantages
 from identity_grpo.grpo.config import GrpoConfig
+from identity_grpo.grpo.rank_correlation import within_group_spearman
 from identity_grpo.grpo.sde_window import WindowedNoiseSchedule, draw_window_start
 from identity_grpo.grpo.update import update_phase
 from identity_grpo.rewards.registry import WeightedRewards
 from identity_grpo.rewards.spec import RewardFn
+from identity_grpo.world.prompt_manifests import world_identity_metrics
 
 
 def train_grpo(cfg: GrpoConfig, generator: Generator | None = None, reward_fns: dict[str, RewardFn] | None = None,
@@ -46,9 +54,15 @@ def train_grpo(cfg: GrpoConfig, generator: Generator | None = None, reward_fns: 
     return GrpoRecipe(cfg, generator, reward_fns, evaluate_fn).run()
 
 
+@dataclass
+class GrpoState(FinetuneState):
+    rank_correlations: dict[str, list[float]] = field(default_factory=dict)  # rank/<reward> -> each step's value
+
+
 class GrpoRecipe(FinetuneRecipe):
     name = method = "GRPO"
     kl_key = "train/kl_loss"
+    state_class = GrpoState
 
     def __init__(self, cfg: GrpoConfig, generator: Generator | None = None,
                  reward_fns: dict[str, RewardFn] | None = None, evaluate_fn: EvaluateFn | None = None):
@@ -61,6 +75,8 @@ class GrpoRecipe(FinetuneRecipe):
 
     def build_reward(self) -> None:
         self.rewards = WeightedRewards.from_config(self.cfg.rewards, self.accelerator.device, self.reward_fns)
+        # EvalBatch -> {"identity": [B], ...} on training samples, for the rank correlations
+        self.training_measure = world_identity_metrics if self.cfg.data.world.enabled else None
 
     def make_optimizer(self, params):
         t = self.cfg.train
@@ -96,8 +112,15 @@ class GrpoRecipe(FinetuneRecipe):
         logged = {f"train/{k}": v for k, v in update_stats.items()}
         logged.update({f"adv/{k}": v for k, v in advantage_stats.items()})
         logged.update(self.reward_statistics(reward_values))
+        logged.update(self.rank_correlations(reward_values))
         logged.update({"time/sample": sampled - started, "time/update": time.perf_counter() - sampled})
         return logged
+
+    def after_step(self, logged: dict[str, float]) -> None:
+        super().after_step(logged)
+        for key, value in logged.items():
+            if key.startswith("rank/"):
+                self.state.rank_correlations.setdefault(key, []).append(value)
 
     def noise_schedule(self, step: int):
         """The training SDE, restricted to this step's window when one is configured (the window is
@@ -113,7 +136,8 @@ class GrpoRecipe(FinetuneRecipe):
         """This process's share of the step's groups: one Rollout per reference count (samples of one
         rollout can share micro-batches), with rewards; the reward values for logging ({"reward":
         total, "reward/<name>": each reward}); and [N] bool, the samples whose trajectory or clip is
-        non-finite (their rewards are NaN: a reward may score a NaN clip as an ordinary one)."""
+        non-finite (their rewards are NaN: a reward may score a NaN clip as an ordinary one). The
+        values also hold "group_id" and, on the synthetic world, "identity" (NaN where dropped)."""
         cfg, gen = self.cfg, self.generator
         rng = stream_rng(cfg.train.seed, Stream.SAMPLING, step, self.accelerator.process_index)
         sigmas = gen.sigmas(cfg.sampling.train_steps)
@@ -148,8 +172,14 @@ class GrpoRecipe(FinetuneRecipe):
             bad = ~(finite_samples(trajectory.latents) & finite_samples(videos)).cpu()
             bad_clips.append(bad)
             scored = {"reward": total, **{f"reward/{n}": v for n, v in per_reward.items()}}
-            scored = {key: value.masked_fill(bad, float("nan")) for key, value in scored.items()}
+            if self.training_measure is not None:
+                records = [self.train_records[slot.prompt_index] for slot in batch]
+                with self.timer.phase("reward"):
+                    measured = self.training_measure(EvalBatch(videos, records, total, per_reward, step))
+                scored["identity"] = measured["identity"].float()
+            scored = {key: value.cpu().masked_fill(bad, float("nan")) for key, value in scored.items()}
             group_ids = torch.tensor([slot.group_id for slot in batch])
+            scored["group_id"] = group_ids
             rollout = Rollout.from_trajectory(trajectory, conds, group_ids, references)
             rollout.rewards = scored["reward"]
             by_count.setdefault(len(references[0]), []).append(rollout)
@@ -190,11 +220,31 @@ class GrpoRecipe(FinetuneRecipe):
             rollout.advantages = part.to(rollout.latents.device)
         return stats
 
+    def rank_correlations(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
+        """rank/<reward key>: within-group Spearman of each reward with the independent measure, over
+        all processes' samples (nothing without a measure, or when no group has an order)."""
+        if "identity" not in values:
+            return {}
+        every = {key: self.accelerator.gather(value.to(self.accelerator.device)).cpu() for key, value in values.items()}
+        logged = {}
+        for key in (k for k in every if k.startswith("reward")):
+            rho = within_group_spearman(every[key].float(), every["identity"], every["group_id"])
+            if rho is not None:
+                logged[f"rank/{key}"] = rho
+        return logged
+
+    def final_metrics(self, train_seconds: float) -> dict:
+        metrics = super().final_metrics(train_seconds)
+        means = {key.removeprefix("rank/"): sum(v) / len(v) for key, v in self.state.rank_correlations.items() if v}
+        return {**metrics, "within_group_spearman": means} if means else metrics
+
     def reward_statistics(self, values: dict[str, torch.Tensor]) -> dict[str, float]:
         """Mean and std over all processes' kept samples of the weighted total (key "reward") and of
         every reward (keys "reward/<name>")."""
         logged = {}
         for key, value in values.items():
+            if not key.startswith("reward"):
+                continue
             every = self.accelerator.gather(value.to(self.accelerator.device)).float()
             every = every[torch.isfinite(every)]  # dropped samples take no part
             if every.numel():

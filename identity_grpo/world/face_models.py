@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from identity_grpo.core.config_io import ConfigError, check_options, require_at_least
 from identity_grpo.core.cache_folders import build_threads, is_complete, publish, scratch_folder, settings_hash
 from identity_grpo.core.code_hash import source_hash
+from identity_grpo.core.shipped import shipped_copy
 from identity_grpo.faces.crop import crop_faces
 from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
 from identity_grpo.faces.pool_reward import FacePool
@@ -91,7 +92,7 @@ def world_face_models(settings: WorldFaceSettings, device: torch.device | str = 
                       progress: bool = True) -> tuple[IResNet, HeadDetector]:
     """The frozen embedder and detector for these settings, training and caching them first if needed."""
     settings.validate()
-    folder = cache_folder(settings)
+    folder = shipped_copy(cache_folder(settings)) or cache_folder(settings)  # the repository's copy, if it ships one
     if not is_complete(folder, COMPLETE_MARKER):
         start = time.perf_counter()
         with build_threads():  # the same weights whatever the machine's thread count

@@ -11,8 +11,9 @@ from identity_grpo.bench.run import PHASES, run_benchmark
 from identity_grpo.bench.table import render
 from identity_grpo.core.config_io import load_config
 from identity_grpo.grpo.config import GrpoConfig
+from identity_grpo.ipro.config import IproConfig
 from identity_grpo.rewards.registry import register_reward
-from tests_support import write_prompt_manifests
+from tests_support import slot_face_reward, write_prompt_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,6 +64,24 @@ def test_one_tiny_iteration_times_every_phase_and_compares_the_fast_paths(data):
     for label in ("generator forwards while sampling", "VAE decoding", "reward scoring", "log-prob recomputation",
                   "backward", "optimizer", "overhead", "samples / second", "peak memory", "batched group sampling"):
         assert label in table, label
+
+
+def test_one_tiny_ipro_iteration_times_its_phases_and_batches_its_forwards(data):
+    cfg = load_config(IproConfig, None, [
+        "generator.kind=vace", "generator.pretrained=tiny", "generator.dtype=float32",
+        "generator.vace.height=32", "generator.vace.width=32", "generator.vace.num_frames=5",
+        "generator.vace.max_sequence_length=16", "generator.vace.guidance_scale=3.0", "sampling.train_steps=3",
+        f"data.train_manifest={data / 'train.jsonl'}", "lora.r=4", "lora.alpha=8", "train.batch_size=4",
+        "train.micro_batch_size=2", "train.last_steps=2", "wandb.mode=disabled",
+    ])
+    result = run_benchmark(cfg, "ipro", iterations=1, face_reward=slot_face_reward(), log=lambda line: None)
+    for name in ("encode_conditions", "sample_forward", "vae_decode", "reward", "backward", "optimizer"):
+        assert result["phase_seconds"][name] > 0, name
+    assert result["phase_seconds"]["logprob_recompute"] == 0  # IPRO has no second pass: it backpropagates the sampling
+    assert sum(result["phase_shares"].values()) + result["overhead_share"] == pytest.approx(1.0, abs=1e-6)
+    assert result["samples_per_iteration"] == 4
+    assert result["fast_paths"]["batched_forwards"]["max_abs_latent_difference"] < 1e-4
+    assert "generator forwards while sampling" in render(result)
 
 
 def test_cli_prints_the_table_and_writes_the_json_keys(data, tmp_path, capsys):

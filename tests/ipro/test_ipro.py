@@ -12,16 +12,13 @@ from identity_grpo.finetune.config import LoraSettings
 from identity_grpo.generators.tiny import tiny_vace_generator
 from identity_grpo.generators.vace import VaceOptions
 from identity_grpo.ipro.config import IproConfig
-from identity_grpo.faces.differentiable_reward import DifferentiableFaceReward
 from identity_grpo.generators.factory import build_generator
 from identity_grpo.rewards.registry import register_reward
-from identity_grpo.faces.pool_reward import Detections, FacePool
-from identity_grpo.faces.iresnet import TINY, IResNet
 from identity_grpo.ipro.last_steps import euler_step, sample_last_steps, velocity_gap
 from identity_grpo.ipro.recipe import IproRecipe, decode, train_ipro
 from identity_grpo.finetune.lora import attach_lora, exported_component, lora_parameters, lora_state_dict
 from identity_grpo.core.config_io import load_config
-from tests_support import write_prompt_manifests
+from tests_support import slot_face_reward, write_prompt_manifests
 
 OPTIONS = VaceOptions(height=32, width=32, num_frames=5, guidance_scale=3.0, shift=3.0, max_sequence_length=16)
 STEPS, K = 5, 2
@@ -111,25 +108,6 @@ def test_last_steps_are_checked(vace):
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_prompt_manifests(tmp_path_factory.mktemp("ipro_prompts"), (32, 32))
-
-
-def slot_face_reward(embedding_seed: int = 0) -> DifferentiableFaceReward:
-    """The real reward code path with stand-ins that need no training: a random tiny recognizer, a
-    locator that reports one face per person-slot (left to right), random pools."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(embedding_seed)
-        recognizer = IResNet(TINY).eval()
-
-    def locate(frames, max_faces):
-        width = frames.shape[-1]
-        return [Detections(torch.tensor([[k * width / 2, 0.0, (k + 1) * width / 2, width / 2] for k in range(2)]))
-                for _ in frames]
-
-    def pool_of(record):
-        g = torch.Generator().manual_seed(len(record.prompt))
-        return FacePool([torch.randn(3, TINY.embedding_dim, generator=g) for _ in record.references])
-
-    return DifferentiableFaceReward(recognizer, locate, pool_of)
 
 
 BRIGHTNESS = {"brightness": lambda videos, refs, prompts: videos.mean(dim=(1, 2, 3, 4))}

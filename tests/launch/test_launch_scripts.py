@@ -94,3 +94,50 @@ def test_accelerate_reads_the_command_as_intended(stage, deepspeed, monkeypatch)
     if deepspeed:
         assert args.deepspeed_config_file == "launch/deepspeed/zero2.json"
         assert args.deepspeed_multinode_launcher == "standard"
+
+
+def run_synthetic_world(tmp_path, *args: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+    """launch/synthetic_world.sh with accelerate and python replaced by a recorder of their arguments."""
+    log = tmp_path / "calls.jsonl"
+    recorder = tmp_path / "record"
+    recorder.write_text(f"#!/usr/bin/env python3\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    recorder.chmod(recorder.stat().st_mode | stat.S_IEXEC)
+    done = subprocess.run(["bash", str(ROOT / "launch/synthetic_world.sh"), *args], capture_output=True, text=True,
+                          env={**os.environ, "ACCELERATE": str(recorder), "PYTHON": str(recorder)})
+    calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return done, calls
+
+
+def test_the_quick_start_runs_short_stage_2_budgets_into_its_own_folder(tmp_path):
+    done, calls = run_synthetic_world(tmp_path)
+    assert done.returncode == 0, done.stderr
+    launch = ["launch", "--num_processes", "1", "--cpu"]
+    assert calls[:4] == [
+        [*launch, "train_reward.py", "--config", "configs/reward/synthetic.yaml"],
+        [*launch, "train_grpo.py", "--config", "configs/grpo/synthetic_vace.yaml", "train.num_steps=20",
+         "train.eval_every=20", "output_dir=runs/quick/grpo_synthetic_vace"],
+        [*launch, "train_grpo.py", "--config", "configs/grpo/synthetic_phantom.yaml", "train.num_steps=20",
+         "train.eval_every=20", "output_dir=runs/quick/grpo_synthetic_phantom"],
+        [*launch, "train_ipro.py", "--config", "configs/ipro/synthetic_vace.yaml", "train.num_steps=60",
+         "train.eval_every=60", "output_dir=runs/quick/ipro_synthetic_vace"],
+    ]
+    assert calls[4] == ["-m", "identity_grpo.report.compare", "runs/quick/grpo_synthetic_vace",
+                        "runs/quick/ipro_synthetic_vace", "runs/quick/grpo_synthetic_phantom"]
+    assert calls[5][-2:] == ["--out", "runs/quick/report_synthetic"] and len(calls) == 6
+
+
+def test_the_full_run_uses_the_configs_as_they_are(tmp_path):
+    done, calls = run_synthetic_world(tmp_path, "--full")
+    assert done.returncode == 0, done.stderr
+    assert [call[5:] for call in calls[1:4]] == [
+        ["--config", "configs/grpo/synthetic_vace.yaml", "output_dir=runs/grpo_synthetic_vace"],
+        ["--config", "configs/grpo/synthetic_phantom.yaml", "output_dir=runs/grpo_synthetic_phantom"],
+        ["--config", "configs/ipro/synthetic_vace.yaml", "output_dir=runs/ipro_synthetic_vace"],
+    ]
+    assert calls[5][-2:] == ["--out", "runs/report_synthetic"]
+
+
+def test_the_quick_start_refuses_an_unknown_flag(tmp_path):
+    done, calls = run_synthetic_world(tmp_path, "--fast")
+    assert done.returncode == 2 and calls == []
+    assert done.stderr.strip() == "usage: bash launch/synthetic_world.sh [--full]"

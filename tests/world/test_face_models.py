@@ -1,6 +1,7 @@
 """The synthetic world's face reward: detector targets and decoding by hand, the cached face models,
 pools from rendered ground-truth clips, and the reward end to end (with gradients to the pixels)."""
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -8,14 +9,14 @@ import torch
 
 from identity_grpo.world import face_models as world_faces
 from identity_grpo.faces.pool_reward import Detections
-from identity_grpo.faces.iresnet import IResNetConfig
-from identity_grpo.world.face_detector import DetectorTraining, HeadDetector, detector_loss, targets
-from identity_grpo.world.face_embedder import EmbedderTraining, attribute_labels, jitter_boxes
+from identity_grpo.world.face_detector import HeadDetector, detector_loss, targets
+from identity_grpo.world.face_embedder import attribute_labels, jitter_boxes
 from identity_grpo.world.face_models import WorldFaceSettings, cache_folder, world_face_models, world_face_reward, world_pool
 from identity_grpo.core.prompt_manifest import load_prompt_manifest
 from identity_grpo.world.prompt_manifests import world_identities, write_world_manifests
 from identity_grpo.world.clips import sample_clip
 from identity_grpo.world.identities import identity_from_id, identity_to_id
+from tests_support import tiny_world_face_settings
 
 
 def test_targets_by_hand():
@@ -70,17 +71,9 @@ def test_attribute_labels_and_box_jitter():
     assert scale.min() >= 0.9 - 1e-6 and scale.max() <= 1.1 + 1e-6
 
 
-TINY_SETTINGS = dict(
-    embedder=EmbedderTraining(iresnet=IResNetConfig(layers=(1, 1, 1, 1), widths=(4, 4, 8, 8), embedding_dim=16,
-                                                    input_size=32), steps=2, clips_per_step=2, references_per_step=2),
-    detector=DetectorTraining(steps=2, frames_per_step=2),
-    pool_clips=2, pool_frames=3,
-)
-
-
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory):
-    return WorldFaceSettings(cache_dir=str(tmp_path_factory.mktemp("world_faces")), **TINY_SETTINGS)
+    return replace(tiny_world_face_settings(tmp_path_factory.mktemp("world_faces")), pool_clips=2, pool_frames=3)
 
 
 @pytest.fixture(scope="module")
