@@ -163,8 +163,8 @@ class GrpoRecipe(FinetuneRecipe):
                 with self.timer.phase("vae_decode"):
                     videos = gen.decode(trajectory.final_latents)
             scores = self.score(videos, references, prompts, records)
-            scored_later.append((scores, trajectory, videos, conds, batch, references))
-        for scores, trajectory, videos, conds, batch, references in scored_later:
+            scored_later.append((scores, trajectory, videos, conds, batch, records, references))
+        for scores, trajectory, videos, conds, batch, records, references in scored_later:
             if isinstance(scores, Future):
                 with self.timer.phase("reward"):  # only the wait: the scoring sampling did not hide
                     scores = scores.result()
@@ -173,7 +173,6 @@ class GrpoRecipe(FinetuneRecipe):
             bad_clips.append(bad)
             scored = {"reward": total, **{f"reward/{n}": v for n, v in per_reward.items()}}
             if self.training_measure is not None:
-                records = [self.train_records[slot.prompt_index] for slot in batch]
                 with self.timer.phase("reward"):
                     measured = self.training_measure(EvalBatch(videos, records, total, per_reward, step))
                 scored["identity"] = measured["identity"].float()

@@ -64,18 +64,25 @@ def test_non_finite_values_are_returned_for_the_caller_to_skip():
     assert torch.isnan(values["n"][1]) and torch.isinf(values["i"][0])
 
 
-def test_reward_model_entry_scores_like_the_stage1_scorer(tmp_path):
+def saved_reward_model(folder):
+    """A tiny reward model saved to folder, and three clips with one reference each to score."""
     from reward_model.model import RewardModelConfig, build_reward_model
-    from reward_model.scorer import RewardScorer
 
     torch.manual_seed(0)
     model = build_reward_model(RewardModelConfig(lora_r=4, lora_alpha=8, num_frames=2), vocabulary=PROMPTS)
     with torch.no_grad():  # move every weight off its initial value so the head reads something
         for param in model.parameters():
             param.add_(0.02 * torch.randn_like(param))
-    model.eval().save_pretrained(tmp_path)
+    model.eval().save_pretrained(folder)
     videos = torch.rand(3, 3, 32, 32, 3, generator=torch.Generator().manual_seed(1))
     refs = [[np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)] for i in range(3)]
+    return model, videos, refs
+
+
+def test_reward_model_entry_scores_like_the_stage1_scorer(tmp_path):
+    from reward_model.scorer import RewardScorer
+
+    model, videos, refs = saved_reward_model(tmp_path)
     rewards = WeightedRewards.from_config([RewardSpec("reward_model", 1.5, str(tmp_path), {"batch_size": 2})])
     total, values = rewards(videos, refs, PROMPTS)
     expected = RewardScorer(model, device="cpu").score(videos, refs, PROMPTS)
@@ -85,16 +92,7 @@ def test_reward_model_entry_scores_like_the_stage1_scorer(tmp_path):
 
 
 def test_an_offloaded_reward_model_scores_the_same(tmp_path):
-    from reward_model.model import RewardModelConfig, build_reward_model
-
-    torch.manual_seed(0)
-    model = build_reward_model(RewardModelConfig(lora_r=4, lora_alpha=8, num_frames=2), vocabulary=PROMPTS)
-    with torch.no_grad():
-        for param in model.parameters():
-            param.add_(0.02 * torch.randn_like(param))
-    model.eval().save_pretrained(tmp_path)
-    videos = torch.rand(3, 3, 32, 32, 3, generator=torch.Generator().manual_seed(1))
-    refs = [[np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)] for i in range(3)]
+    _, videos, refs = saved_reward_model(tmp_path)
     kept = WeightedRewards.from_config([RewardSpec("reward_model", 1.0, str(tmp_path), {"batch_size": 2})])
     offloaded = WeightedRewards.from_config([RewardSpec("reward_model", 1.0, str(tmp_path),
                                                         {"batch_size": 2, "offload": True})])
