@@ -3,12 +3,14 @@
     python -m reward_model.build_pairs --out data/synthetic/pairs --train 3000 --val 200 --test 400 --seed 0
 
 Pair kinds (per split, each distortion kind equally often within a kind of pair):
-- clean vs distorted (45%): one rendered clip and a distorted copy, severity ~ U(0.3, 1);
-- mild vs severe (15%): the same clip distorted twice by one operator (same people, same
+- clean vs distorted (40%): one rendered clip and a distorted copy, severity ~ U(0.3, 1);
+- mild vs severe (10%): the same clip distorted twice by one operator (same people, same
   choices), severities s ~ U(0.1, 0.4) and ~ U(s + 0.4, 1);
-- the right person vs a stranger (20%): the same scene rendered twice, once with one person
+- the right person vs a stranger (25%): the same scene rendered twice, once with one person
   replaced by a look-alike (1-3 face attributes changed, rarely more; same shirt): nothing looks broken, only
   the references tell which clip is right, so the model has to compare faces with them;
+- the right people vs other people (5%): the same scene rendered twice, once with people
+  other than the references show (as if the clip were scored with another clip's references);
 - ties (20%): two renderings of the same people with different motion and background, both
   clean or both with the same distortion at the same severity.
 A share of every kind (NUISANCE_SHARE) has both clips blurred alike: generated videos are often
@@ -44,15 +46,16 @@ from identity_grpo.world.identities import FACE_ATTRIBUTES, face_differences, lo
 from identity_grpo.world.render import render_reference
 from identity_grpo.core.video import write_image, write_video
 
-BUILD_VERSION = 2  # bump when the world or the pair recipe changes, so old builds are redone
+BUILD_VERSION = 3  # bump when the world or the pair recipe changes, so old builds are redone
 WRITER = "reward_model.build_pairs"  # the owner named in the folder's manifest
 SPLITS = ("train", "val", "test")
 SPLIT_IDENTITIES = {"train": "train", "val": "train", "test": "heldout"}
 MAX_PEOPLE = 3  # people per clip: 2 to this many
 KINDS = tuple(DISTORTIONS)
 # Shares of each pair type; the remainder after these is clean vs distorted.
-MILD_SEVERE_SHARE = 0.15
-STRANGER_SHARE = 0.2
+MILD_SEVERE_SHARE = 0.1
+STRANGER_SHARE = 0.25
+OTHER_PEOPLE_SHARE = 0.05
 TIE_CLEAN_SHARE = 0.1
 TIE_DISTORTED_SHARE = 0.1
 SEVERITY = (0.3, 1.0)  # clean vs distorted: most distortions clearly visible
@@ -80,8 +83,8 @@ class BuildSettings:
 class PairSpec:
     split: str
     index: int
-    pair_type: str  # "distorted", "mild_severe", "stranger", "tie_clean" or "tie_distorted"
-    kind: str  # distortion kind ("clean" for clean ties, "stranger" for strangers)
+    pair_type: str  # "distorted", "mild_severe", "stranger", "other_people", "tie_clean" or "tie_distorted"
+    kind: str  # distortion kind ("clean" for clean ties, "stranger" / "other_people" for those pairs)
 
 
 def plan_split(split: str, count: int, seed: int) -> list[PairSpec]:
@@ -89,13 +92,14 @@ def plan_split(split: str, count: int, seed: int) -> list[PairSpec]:
     counts = {
         "mild_severe": round(count * MILD_SEVERE_SHARE),
         "stranger": round(count * STRANGER_SHARE),
+        "other_people": round(count * OTHER_PEOPLE_SHARE),
         "tie_clean": round(count * TIE_CLEAN_SHARE),
         "tie_distorted": round(count * TIE_DISTORTED_SHARE),
     }
     counts = {"distorted": count - sum(counts.values()), **counts}
     if counts["distorted"] < 0:
         raise ValueError(f"{split}: {count} pairs are too few for the pair-type shares")
-    fixed_kind = {"tie_clean": "clean", "stranger": "stranger"}
+    fixed_kind = {"tie_clean": "clean", "stranger": "stranger", "other_people": "other_people"}
     types = [(pair_type, fixed_kind.get(pair_type) or KINDS[i % len(KINDS)])
              for pair_type, n in counts.items() for i in range(n)]
     order = np.random.default_rng([seed, SPLITS.index(split), 1]).permutation(len(types))
@@ -157,6 +161,12 @@ def make_pair(spec: PairSpec, settings: BuildSettings, out_dir: Path) -> dict:
         worse = sample_clip(np.random.default_rng(scene), people[:victim] + [stranger] + people[victim + 1 :], **shape).frames
         severity, severity_other = face_differences(people[victim], stranger) / len(FACE_ATTRIBUTES), 0.0
         label_better, distortion = True, "stranger"
+    elif spec.pair_type == "other_people":
+        strangers = sample_identities(rng, len(people), SPLIT_IDENTITIES[spec.split])
+        scene = int(rng.integers(2**32))
+        better = sample_clip(np.random.default_rng(scene), people, **shape).frames
+        worse = sample_clip(np.random.default_rng(scene), strangers, **shape).frames
+        severity, severity_other, label_better, distortion = 1.0, 0.0, True, "other_people"
     else:
         other = sample_clip(rng, people, **shape)
         better, worse = clip.frames, other.frames

@@ -47,16 +47,23 @@ class DataConfig:
 
 @dataclass
 class PretrainConfig:
-    """Captioning pretraining of the tiny backbone on the synthetic world (cached by its settings).
+    """Pretraining of the tiny backbone on the synthetic world (reward_model/pretrain.py; cached by its settings):
+    seeing people (the vision tower alone), then binding references to them (the whole backbone).
 
     The real backbone (Qwen2.5-VL-3B) arrives pretrained, so this is off in real configs.
     """
 
     enabled: bool = False
-    steps: int = 300
+    vision_steps: int = 0  # phase 1: the vision tower alone names each person's attributes
+    vision_lr: float = 2e-3
+    steps: int = 300  # phase 2: binding, the whole backbone
     batch_size: int = 16
     lr: float = 2e-3
     warmup_steps: int = 20
+    distractor_share: float = 0.35  # references replaced by a look-alike or the person in another shirt
+    lookup_weight: float = 1.0  # > 0: one attention head learns to look up each person's reference
+    lookup_layer: int = 0  # the language-model layer of that head
+    caption_weight: float = 0.0  # > 0: also write a caption of the clip's people and the references
     cache_dir: str = "data/cache/pretrained_backbone"
     seed: int = 0
 
@@ -104,8 +111,14 @@ class RewardConfig(RunSettings):
             if self.model.backbone != "tiny":
                 raise ConfigError("pretrain.enabled is only for the tiny synthetic backbone (model.backbone: tiny)")
             require_at_least("pretrain", p, 1, "steps", "batch_size")
-            require_at_least("pretrain", p, 0, "warmup_steps")
-            require_positive("pretrain", p, "lr")
+            require_at_least("pretrain", p, 0, "warmup_steps", "vision_steps", "lookup_weight", "caption_weight",
+                             "lookup_layer")
+            require_positive("pretrain", p, "lr", "vision_lr")
+            if not 0 <= p.distractor_share <= 1:
+                raise ConfigError(f"pretrain.distractor_share must be in [0, 1], got {p.distractor_share}")
+            if p.lookup_weight and p.lookup_layer >= self.model.tiny.layers:
+                raise ConfigError(f"pretrain.lookup_layer must be below model.tiny.layers ({self.model.tiny.layers}), "
+                                  f"got {p.lookup_layer}")
             if not p.cache_dir:
                 raise ConfigError("pretrain.cache_dir: required (the pretrained backbone is cached there)")
 

@@ -109,11 +109,19 @@ class RewardModel(nn.Module):
     def forward(self, batch: RewardBatch) -> torch.Tensor:
         """-> rewards [B] float32."""
         batch = batch.to(self.rm_head.weight.device)
+        hidden = self.language_outputs(batch).last_hidden_state  # [B, L, hidden]
+        at_token = hidden[torch.arange(len(batch), device=hidden.device), batch.reward_index]  # [B, hidden]
+        return self.rm_head(at_token.to(self.rm_head.weight.dtype)).squeeze(-1).float()
+
+    def language_outputs(self, batch: RewardBatch, **flags):
+        """The language model's outputs on `batch` with the reward token's own embedding in place.
+        flags: output_hidden_states=True adds its input (vision features at the vision tokens) and
+        each layer's output; output_attentions=True each layer's weights (eager attention only)."""
         qwen = self.backbone.model
         embeds = qwen.get_input_embeddings()(batch.input_ids)
         at_reward = (batch.input_ids == self.reward_token_id).unsqueeze(-1)
         embeds = torch.where(at_reward, self.reward_embedding.to(embeds.dtype), embeds)
-        hidden = qwen(
+        return qwen(
             input_ids=batch.input_ids,  # still needed: it locates the vision placeholders and M-RoPE groups
             inputs_embeds=embeds,
             attention_mask=batch.attention_mask,
@@ -124,9 +132,8 @@ class RewardModel(nn.Module):
             video_grid_thw=batch.video_grid_thw,
             second_per_grid_ts=batch.second_per_grid_ts,
             use_cache=False,
-        ).last_hidden_state  # [B, L, hidden]
-        at_token = hidden[torch.arange(len(batch), device=hidden.device), batch.reward_index]  # [B, hidden]
-        return self.rm_head(at_token.to(self.rm_head.weight.dtype)).squeeze(-1).float()
+            **flags,
+        )
 
     def set_trainable(self) -> None:
         """LoRA (or the whole language model), vision tower / merger per config, reward embedding and head."""

@@ -29,7 +29,8 @@ def test_plan_balances_pair_types_and_kinds():
     plan = plan_split("train", 60, seed=0)
     assert [spec.index for spec in plan] == list(range(60))
     types = Counter(spec.pair_type for spec in plan)
-    assert types == {"distorted": 27, "mild_severe": 9, "stranger": 12, "tie_clean": 6, "tie_distorted": 6}
+    assert types == {"distorted": 24, "mild_severe": 6, "stranger": 15, "other_people": 3, "tie_clean": 6,
+                     "tie_distorted": 6}
     distorted = Counter(spec.kind for spec in plan if spec.pair_type == "distorted")
     assert set(distorted) == set(KINDS) and max(distorted.values()) - min(distorted.values()) <= 1
     assert plan == plan_split("train", 60, seed=0) and plan != plan_split("train", 60, seed=1)
@@ -62,6 +63,8 @@ def test_rows_follow_the_pair_recipe(built):
             assert r["severity"] == r["severity_other"]
         elif r["distortion"] == "stranger":  # 1-3 of 6 face attributes changed
             assert r["severity"] in (1 / 6, 2 / 6, 3 / 6, 4 / 6) and r["severity_other"] == 0.0
+        elif r["distortion"] == "other_people":
+            assert r["severity"] == 1.0 and r["severity_other"] == 0.0
         elif r["severity_other"] == 0.0:  # clean vs distorted
             assert r["distortion"] in KINDS and 0.3 <= r["severity"] <= 1.0
         else:  # mild vs severe

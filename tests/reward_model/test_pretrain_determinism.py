@@ -1,5 +1,6 @@
 """First-use pretraining of the tiny reward backbone is deterministic: two builds from the same
-settings in two empty caches, by callers with different thread counts, hold the same weights bit for bit."""
+settings in two empty caches, by callers with different thread counts, hold the same weights bit for bit
+(both phases, the lookup's eager attention included)."""
 import torch
 
 from reward_model.config import PretrainConfig
@@ -17,7 +18,7 @@ def test_two_builds_in_empty_caches_are_bit_identical(tmp_path, restore_threads)
     weights = []
     for name, threads in (("first", 1), ("second", 2)):  # the caller's thread count must not matter
         torch.set_num_threads(threads)
-        folder = pretrained_model_dir(model, PretrainConfig(enabled=True, steps=2, batch_size=2, warmup_steps=1,
+        folder = pretrained_model_dir(model, PretrainConfig(enabled=True, vision_steps=2, steps=2, batch_size=2, warmup_steps=1,
                                                             cache_dir=str(tmp_path / name)), 8, 48, 64)
         weights.append(safetensors_weights(folder))
     first, second = weights
