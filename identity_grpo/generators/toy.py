@@ -3,12 +3,17 @@
 that trains in minutes on a CPU. pretrain_generator.py trains them; this file only builds them.
 
 Sizing, for the world's 48x64 clips:
-- VAE: 4x spatial and 4x temporal compression (two downsampling levels, both also in time),
-  z_dim 16, Wan2.2's residual down/up blocks, which train several times faster from scratch
-  than Wan2.1's plain ones. The Wan VAE encodes the first frame alone and then chunks of 4, so a
-  clip has 1 + 4k frames: 9 here (3 latent frames of 12x16), the nearest to the world's 8.
-- Transformer: patch (1, 2, 2) gives 6x8 tokens per latent frame; with 2-3 reference frames
-  a sequence holds ~250-290 tokens.
+- VAE: 2x spatial and 2x temporal compression (one downsampling level, also in time), z_dim 4,
+  Wan2.2's residual down/up blocks, which train several times faster from scratch than Wan2.1's
+  plain ones. The world's faces are ~16x20 pixels with eyes and mouth 1-2 pixels tall: a 4x VAE
+  reconstructed held-out clips like a 4x blur (the world's identity measure 0.43, rendered clips
+  0.93), a 2x one keeps the faces (z_dim 4: 0.73; see the README's toy generator table). The Wan
+  VAE encodes the first frame alone and then chunks of 4 frames, so a clip has 1 + 4k frames:
+  9 here (5 latent frames of 24x32), the nearest to the world's 8.
+- Transformer: patch (1, p, p) with p = patch_size = 4 keeps a token at 8x8 pixels: 6x8 tokens
+  per latent frame, ~330-400 tokens a sequence with 2-3 references. A token carries
+  z_dim * p^2 = 64 latent values into a width of 96: with z_dim 16 (256 values) the samples kept
+  the noise the token could not carry (validate() refuses such sizes).
 - Text: the world's own word-level vocabulary (42 words + punctuation) and a frozen, randomly
   initialized one-layer UMT5; the transformer learns to read its output.
 """
@@ -35,15 +40,16 @@ class ToyModelConfig:
     width: int = 64
     num_frames: int = 9  # 1 + 4k (the Wan VAE's chunking)
     reference_size: int = 32  # references are render_reference(identity, reference_size)
-    z_dim: int = 16
+    z_dim: int = 4
     vae_base_dim: int = 8
-    vae_dim_mult: list[int] = field(default_factory=lambda: [1, 2, 2])  # len - 1 downsamplings
-    vae_temporal_downsample: list[bool] = field(default_factory=lambda: [True, True])
+    vae_dim_mult: list[int] = field(default_factory=lambda: [2, 2])  # len - 1 downsamplings
+    vae_temporal_downsample: list[bool] = field(default_factory=lambda: [True])
     text_dim: int = 32
     text_layers: int = 1
     max_sequence_length: int = 80  # the longest world prompt (three people) is 74 words and marks
     num_heads: int = 4
     head_dim: int = 24  # Wan's rotary embedding splits it into t/h/w parts
+    patch_size: int = 4  # latent pixels per token side: a token covers patch_size * spatial factor pixels
     num_layers: int = 4
     ffn_dim: int = 256
     vace_layers: list[int] = field(default_factory=lambda: [0, 2])
@@ -54,11 +60,15 @@ class ToyModelConfig:
             raise ValueError(f"{name}.vae_temporal_downsample: needs len(vae_dim_mult) - 1 = "
                              f"{len(self.vae_dim_mult) - 1} entries, got {len(self.vae_temporal_downsample)}")
         temporal, spatial = self.scale_factors
-        cell = 2 * spatial  # one transformer patch is 2x2 latent pixels
+        cell = self.patch_size * spatial  # pixels per token side
         if self.height % cell or self.width % cell:
             raise ValueError(f"{name}: height and width must be multiples of {cell}, got {self.height}x{self.width}")
         if (self.num_frames - 1) % 4 or (self.num_frames - 1) % temporal:
             raise ValueError(f"{name}.num_frames: must be 1 + 4k (and 1 + {temporal}k), got {self.num_frames}")
+        values, width = self.z_dim * self.patch_size ** 2, self.num_heads * self.head_dim
+        if values > width:  # a token's noise must fit through it for the velocity to name it
+            raise ValueError(f"{name}: a token holds z_dim * patch_size^2 = {values} latent values, more than the "
+                             f"transformer's width num_heads * head_dim = {width}; samples would keep the noise it cannot carry")
         if self.head_dim < 6:
             raise ValueError(f"{name}.head_dim: Wan's rotary embedding needs >= 6, got {self.head_dim}")
         if any(not 0 <= i < self.num_layers for i in self.vace_layers):
@@ -106,7 +116,7 @@ def toy_vae(config: ToyModelConfig, seed: int) -> AutoencoderKLWan:
 
 def _transformer_kwargs(config: ToyModelConfig) -> dict:
     return dict(
-        patch_size=(1, 2, 2), num_attention_heads=config.num_heads, attention_head_dim=config.head_dim,
+        patch_size=(1, config.patch_size, config.patch_size), num_attention_heads=config.num_heads, attention_head_dim=config.head_dim,
         in_channels=config.z_dim, out_channels=config.z_dim, text_dim=config.text_dim, freq_dim=64,
         ffn_dim=config.ffn_dim, num_layers=config.num_layers, cross_attn_norm=True,
         qk_norm="rms_norm_across_heads", rope_max_seq_len=64,

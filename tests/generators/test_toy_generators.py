@@ -25,7 +25,7 @@ from identity_grpo.world.clips import make_prompt, sample_clip
 from identity_grpo.world.identities import identity_to_id, identity_from_id, is_heldout
 
 # Tiny sizes: the real classes and code paths, milliseconds per step.
-TINY_MODEL = ToyModelConfig(num_frames=5, z_dim=4, vae_base_dim=4, text_dim=16, num_heads=2, head_dim=12,
+TINY_MODEL = ToyModelConfig(num_frames=5, z_dim=4, patch_size=2, vae_base_dim=4, text_dim=16, num_heads=2, head_dim=12,
                             num_layers=2, ffn_dim=32, vace_layers=[0])
 TINY_TRAIN = pg.ToyPretrainConfig(vae_steps=4, vae_batch_size=2, latent_stat_clips=4, transformer_steps=3,
                                   batch_size=2, clip_pool_size=4, warmup_steps=1, num_people=[2])
@@ -82,8 +82,11 @@ def test_drop_conditions_replaces_exactly_the_chosen_rows():
 def test_config_validation_names_the_field():
     with pytest.raises(ValueError, match="num_frames"):
         ToyModelConfig(num_frames=8).validate()
+    with pytest.raises(ValueError, match="width"):  # 8 * 4^2 = 128 latent values per token, width 96
+        ToyModelConfig(z_dim=8, patch_size=4, num_heads=4, head_dim=24).validate()
+    ToyModelConfig(z_dim=8, patch_size=4, num_heads=6, head_dim=24).validate()  # width 144 carries them
     with pytest.raises(ValueError, match="vae_crop"):
-        pg.ToyPretrainConfig(vae_crop=18).validate(ToyModelConfig())
+        pg.ToyPretrainConfig(vae_crop=17).validate(ToyModelConfig())  # the VAE halves: odd windows fail
 
 
 # --------------------------------------------------------------------------- the world's words

@@ -6,7 +6,7 @@ from identity_grpo.generators import toy_pretraining as pg
 from identity_grpo.generators.toy import ToyModelConfig
 from tests_support import safetensors_weights
 
-TINY_MODEL = ToyModelConfig(num_frames=5, z_dim=4, vae_base_dim=4, text_dim=16, num_heads=2, head_dim=12,
+TINY_MODEL = ToyModelConfig(num_frames=5, z_dim=4, patch_size=2, vae_base_dim=4, text_dim=16, num_heads=2, head_dim=12,
                             num_layers=2, ffn_dim=32, vace_layers=[0])
 TINY_TRAIN = pg.ToyPretrainConfig(vae_steps=4, vae_batch_size=2, latent_stat_clips=4, transformer_steps=3,
                                   batch_size=2, clip_pool_size=4, warmup_steps=1, num_people=[2])
