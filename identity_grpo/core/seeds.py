@@ -24,6 +24,7 @@ class Stream(IntEnum):
     UPDATE = 7  # the update phase's shuffles of samples and timesteps (step, process)
     PAIR_ORDER = 8  # stage 1: the order of the training pairs in one epoch (epoch)
     DECODER_FRAMES = 9  # IPRO: the frames a sample decodes with gradients (step, process, micro-batch, sample)
+    GROUP_NOISE = 10  # GRPO with train.shared_group_noise: the initial noise of one group (group id)
 
 
 def mix_seed(*parts: int) -> int:

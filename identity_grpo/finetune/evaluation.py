@@ -34,7 +34,7 @@ from identity_grpo.core.tracking import RunLogger
 from identity_grpo.core.video import VideoReadError
 from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.finetune.batches import SampleSlot, sampling_batches
-from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sampling import keyed_initial_noise, sample_with_log_probs
 from identity_grpo.core.sharding import pad_batches
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.generators.sequence_parallel import DataParallel
@@ -61,8 +61,7 @@ EvaluateFn = Callable[[EvalBatch], dict[str, torch.Tensor]]
 def held_out_noise(generator: Generator, conds: Conditions, seed: int, prompt_indices: Sequence[int]) -> torch.Tensor:
     """[B, C, T, H, W]: each sample's initial noise drawn from its prompt index alone, so every
     evaluation (and any batching, and the report) starts a prompt from the same noise."""
-    return torch.cat([generator.initial_noise(conds.select([j]), stream_rng(seed, Stream.EVAL_NOISE, i))
-                      for j, i in enumerate(prompt_indices)])
+    return keyed_initial_noise(generator, conds, seed, Stream.EVAL_NOISE, prompt_indices)
 
 
 def readable_prompts(records: Sequence[PromptRecord]) -> tuple[list[int], dict[str, int]]:

@@ -5,12 +5,23 @@ latent and log-prob; training recomputes the log-prob of one stored transition u
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
+from identity_grpo.core.seeds import Stream, stream_rng
 from identity_grpo.core.timing import NO_TIMING
 from identity_grpo.generators.base import Conditions, Generator
 from identity_grpo.finetune.rollout import Trajectory
 from identity_grpo.finetune.sde import NoiseSchedule, SdeStep
+
+
+def keyed_initial_noise(generator: Generator, conds: Conditions, seed: int, stream: Stream,
+                        keys: Sequence[int]) -> torch.Tensor:
+    """[B, C, T, H, W]: sample j's initial noise drawn from (seed, stream, keys[j]) alone, so equal
+    keys start from equal noise whatever the batching or the process."""
+    return torch.cat([generator.initial_noise(conds.select([j]), stream_rng(seed, stream, int(key)))
+                      for j, key in enumerate(keys)])
 
 
 @torch.no_grad()

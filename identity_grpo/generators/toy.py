@@ -52,7 +52,10 @@ class ToyModelConfig:
     patch_size: int = 4  # latent pixels per token side: a token covers patch_size * spatial factor pixels
     num_layers: int = 4
     ffn_dim: int = 256
-    vace_layers: list[int] = field(default_factory=lambda: [0, 2])
+    # A VACE block beside every layer: with blocks at [0, 2] only (the real 1.3B's every other
+    # layer) the base toy VACE drew the right people with smeared faces (held-out identity 0.18);
+    # with all four it reaches 0.43 at the same steps.
+    vace_layers: list[int] = field(default_factory=lambda: [0, 1, 2, 3])
 
     def validate(self) -> None:
         name = "toy_generators.ToyModelConfig"

@@ -86,10 +86,10 @@ TRANSFORMER_MODEL_FIELDS = ("num_heads", "head_dim", "num_layers", "ffn_dim", "v
 
 @dataclass
 class ToyPretrainConfig:
-    """How long and how the toy components are pretrained. The defaults take about 15 minutes for
-    the VAE and 35 for each transformer on one CPU thread (a first-use build's); the repository
-    ships the results (shipped_pretrained.py), and the README's toy generator table says what
-    they reach."""
+    """How long and how the toy components are pretrained. The defaults take about 16 minutes for
+    the VAE, 42 for the VACE transformer and 21 for the Phantom one on one CPU thread (a first-use
+    build's); the repository ships the results (shipped_pretrained.py), and the README's toy
+    generator table says what they reach."""
 
     seed: int = 0
     num_people: list[int] = field(default_factory=lambda: [2, 3])  # people per clip, drawn uniformly

@@ -57,6 +57,9 @@ class TrainSettings:
     # (empty: anywhere). 0 turns the window off.
     sde_window_size: int = 0
     sde_window_range: list[int] = field(default_factory=list)
+    # DanceGRPO: a group's samples start from one initial noise, so their rewards differ only through
+    # the stochastic steps, the actions GRPO trains (not through a noise no update can learn from)
+    shared_group_noise: bool = False
     cfg_in_training: bool = True  # False: training forwards skip guidance (then the ratio starts != 1)
     skip_zero_advantage: bool = True  # samples of zero-std groups carry no policy gradient
     gradient_checkpointing: bool = False

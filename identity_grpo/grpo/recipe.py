@@ -36,7 +36,7 @@ from identity_grpo.finetune.evaluation import EvalBatch, EvaluateFn
 from identity_grpo.finetune.recipe import FinetuneRecipe, FinetuneState
 from identity_grpo.core.sharding import pad_batches
 from identity_grpo.finetune.rollout import Rollout
-from identity_grpo.finetune.sampling import sample_with_log_probs
+from identity_grpo.finetune.sampling import keyed_initial_noise, sample_with_log_probs
 from identity_grpo.generators.base import Generator
 from identity_grpo.grpo.advantages import gather_for_advantages
 from identity_grpo.grpo.config import GrpoConfig
@@ -156,8 +156,12 @@ class GrpoRecipe(FinetuneRecipe):
             with torch.no_grad():
                 with self.timer.phase("encode_conditions"):
                     conds = self.conditions.encode([slot.prompt_index for slot in batch], prompts, references)
+                noise = None
+                if cfg.train.shared_group_noise:
+                    noise = keyed_initial_noise(gen, conds, cfg.train.seed, Stream.GROUP_NOISE,
+                                                [slot.group_id for slot in batch])
                 with self.accelerator.autocast():  # as in the update's forwards, so the log-probs match
-                    trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng, timer=self.timer)
+                    trajectory = sample_with_log_probs(gen, conds, sigmas, schedule, rng, noise, timer=self.timer)
                 if real is not None and index >= real:
                     continue
                 with self.timer.phase("vae_decode"):
