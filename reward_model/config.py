@@ -38,6 +38,9 @@ class DataConfig:
     val_manifest: str = ""
     test_manifest: str = ""
     synthetic: SyntheticPairsConfig = field(default_factory=SyntheticPairsConfig)
+    # More training pairs, added to the training split whichever way it is made (e.g. the generator's
+    # stranger pairs of identity_grpo/grpo/generated_pairs.py beside the synthetic ones).
+    extra_train_manifests: list[str] = field(default_factory=list)
     # VideoAlign CSVs with several preference columns (VQ, MQ, TA): the one to train on. Empty: the
     # 'label' column, else the only preference column (reward_model/pairs.py).
     label_column: str = ""
@@ -146,6 +149,9 @@ def _validate_data(d: DataConfig) -> None:
         raise ConfigError(f"data.label_column ({d.label_column!r}) picks a column of a CSV manifest; "
                           "none of data.train_manifest / val_manifest / test_manifest is a .csv")
     require_at_least("data", d, 0, "num_workers")
+    for i, path in enumerate(d.extra_train_manifests):
+        if not isinstance(path, str) or not path:
+            raise ConfigError(f"data.extra_train_manifests[{i}] must name a pair manifest, got {path!r}")
     if not d.train_manifest:  # the synthetic pairs are built; every split must hold pairs
         require_at_least("data.synthetic", d.synthetic, 1, "num_train", "num_val", "num_test", "num_frames",
                          "height", "width")

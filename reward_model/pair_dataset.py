@@ -83,7 +83,8 @@ class PairCollator:
 
 
 def load_splits(cfg: DataConfig, accelerator) -> dict[str, list[dict]]:
-    """Manifest rows per split, validated up front; synthetic pairs are built when none are given.
+    """Manifest rows per split, validated up front; synthetic pairs are built when none are given;
+    data.extra_train_manifests' rows join the training split.
     `cfg.label_column` picks the preference column of VideoAlign CSVs that have several."""
     paths = {"train": cfg.train_manifest, "val": cfg.val_manifest, "test": cfg.test_manifest}
     if not cfg.train_manifest:
@@ -100,7 +101,10 @@ def load_splits(cfg: DataConfig, accelerator) -> dict[str, list[dict]]:
         accelerator.wait_for_everyone()
         paths = {split: f"{s.out_dir}/{split}.jsonl" for split in paths}
     label_column = cfg.label_column or None
-    return {
+    splits = {
         split: [dict(row) for row in load_pairs(path, check_files=cfg.check_files, label_column=label_column)]
         for split, path in paths.items() if path
     }
+    for path in cfg.extra_train_manifests:
+        splits["train"] += [dict(row) for row in load_pairs(path, check_files=cfg.check_files, label_column=label_column)]
+    return splits

@@ -25,6 +25,7 @@ class Stream(IntEnum):
     PAIR_ORDER = 8  # stage 1: the order of the training pairs in one epoch (epoch)
     DECODER_FRAMES = 9  # IPRO: the frames a sample decodes with gradients (step, process, micro-batch, sample)
     GROUP_NOISE = 10  # GRPO with train.shared_group_noise: the initial noise of one group (group id)
+    GENERATED_PAIRS = 11  # grpo/generated_pairs.py: the noise both clips of a batch of pairs share (batch index)
 
 
 def mix_seed(*parts: int) -> int:
