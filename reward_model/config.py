@@ -131,6 +131,8 @@ class RewardConfig(RunSettings):
         for name in ("train_manifest", "val_manifest", "test_manifest"):
             if getattr(d, name):
                 require_local(getattr(d, name), f"data.{name}", "file")
+        for i, path in enumerate(d.extra_train_manifests):
+            require_local(path, f"data.extra_train_manifests[{i}]", "file")
         if self.model.backbone != "tiny" and not is_hub_id(self.model.backbone):
             require_local(self.model.backbone, "model.backbone", "folder")
 

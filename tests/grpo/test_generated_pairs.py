@@ -7,7 +7,7 @@ import types
 import numpy as np
 import pytest
 
-from identity_grpo.core.config_io import load_config
+from identity_grpo.core.config_io import ConfigError, load_config
 from identity_grpo.core.owned_folder import BuildRefused
 from identity_grpo.generators.factory import build_generator
 from identity_grpo.grpo import generated_pairs
@@ -141,3 +141,9 @@ def test_stage_one_adds_extra_manifests_to_the_training_split(built, tmp_path):
     splits = load_splits(cfg.data, accelerator)
     assert [row["pair_id"] for row in splits["train"]] == ["own-0", "own-1"] + [row["pair_id"] for row in rows]
     assert splits["train"][2]["video_a"] == rows[0]["video_a"]
+
+
+def test_a_missing_extra_manifest_is_one_config_error_before_training(tmp_path):
+    cfg = load_config(RewardConfig, None, [f"data.extra_train_manifests=[{tmp_path / 'none.jsonl'}]"])
+    with pytest.raises(ConfigError, match=r"data.extra_train_manifests\[0\]"):
+        cfg.validate_inputs()
