@@ -26,6 +26,7 @@ class Stream(IntEnum):
     DECODER_FRAMES = 9  # IPRO: the frames a sample decodes with gradients (step, process, micro-batch, sample)
     GROUP_NOISE = 10  # GRPO with train.shared_group_noise: the initial noise of one group (group id)
     GENERATED_PAIRS = 11  # grpo/generated_pairs.py: the noise both clips of a batch of pairs share (batch index)
+    ANNOTATED_PAIRS = 12  # grpo/annotated_pairs.py: the noise of one batch of prompts' clips (batch index)
 
 
 def mix_seed(*parts: int) -> int:

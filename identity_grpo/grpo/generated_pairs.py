@@ -88,8 +88,8 @@ def plan_pairs(settings: GeneratedPairSettings) -> list[PairPlan]:
     return plans
 
 
-def _batches(plans: list[PairPlan], size: int) -> list[list[PairPlan]]:
-    """Plans cut into batches of one people count (the generators encode one reference count per
+def batches_by_people(plans: list, size: int) -> list[list]:
+    """Plans (anything with `.people`) cut into batches of one people count (the generators encode one reference count per
     batch), in increasing count, each in index order."""
     batches = []
     for count in sorted({len(p.people) for p in plans}):
@@ -115,7 +115,7 @@ def _files(plan: PairPlan) -> tuple[str, str]:
     return f"videos/{plan.index:06d}_a.mp4", f"videos/{plan.index:06d}_b.mp4"
 
 
-def _reference_file(identity: Identity) -> str:
+def reference_file(identity: Identity) -> str:
     return f"references/{identity.id:05d}.png"
 
 
@@ -139,19 +139,19 @@ def build_generated_pairs(out_dir: str | Path, cfg: GrpoConfig, settings: Genera
     folder.remove(folder.listed())  # what an earlier (other or unfinished) build left; nothing else
     folder.begin(recorded)
     plans = plan_pairs(settings)
-    references = sorted({_reference_file(p) for plan in plans for p in plan.people})
+    references = sorted({reference_file(p) for plan in plans for p in plan.people})
     folder.plan([f for plan in plans for f in _files(plan)] + references)
     (out_dir / "references").mkdir(parents=True, exist_ok=True)
     (out_dir / "videos").mkdir(exist_ok=True)
     for plan in plans:
         for person in plan.people:
-            path = out_dir / _reference_file(person)
+            path = out_dir / reference_file(person)
             if not path.is_file():
                 write_image(path, render_reference(person, settings.reference_size))
     generator = generator or build_generator(cfg.generator)
     rows, skipped = [], 0
     bar = tqdm(total=len(plans), desc="generated pairs", unit="pair", disable=not progress)
-    for number, batch in enumerate(_batches(plans, settings.batch_size)):
+    for number, batch in enumerate(batches_by_people(plans, settings.batch_size)):
         drawn = []
         for people in ([p.people for p in batch],
                        [p.people[: p.victim] + [p.stranger] + p.people[p.victim + 1 :] for p in batch]):
@@ -184,7 +184,7 @@ def _row(plan: PairPlan, settings: GeneratedPairSettings, kind: str, file_a: str
     return {
         "pair_id": f"generated-{kind}-{settings.split}-{plan.index:06d}",
         "prompt": make_prompt(plan.people),
-        "references": [_reference_file(p) for p in plan.people],
+        "references": [reference_file(p) for p in plan.people],
         "video_a": file_a,
         "video_b": file_b,
         "label": "a" if plan.better_is_a else "b",
