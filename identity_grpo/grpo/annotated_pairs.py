@@ -31,7 +31,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from itertools import combinations
 from pathlib import Path
@@ -39,14 +39,15 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from identity_grpo.core.config_io import ConfigError, load_config, to_dict
+from identity_grpo.core.config_io import ConfigError, load_config
 from identity_grpo.core.owned_folder import BuildRefused, claim
 from identity_grpo.core.seeds import Stream, stream_rng
-from identity_grpo.core.video import write_image, write_video
+from identity_grpo.core.video import write_video
 from identity_grpo.generators.base import Generator
 from identity_grpo.generators.factory import build_generator
 from identity_grpo.grpo.config import GrpoConfig
-from identity_grpo.grpo.generated_pairs import batches_by_people, draw_clips, reference_file
+from identity_grpo.grpo.generated_pairs import (batches_by_people, check_counts, draw_clips, recorded_settings,
+                                                reference_file, write_references)
 from identity_grpo.world.clips import make_prompt
 from identity_grpo.world.identities import Identity
 from identity_grpo.world.measure import identity_consistency
@@ -90,12 +91,7 @@ def _clip_file(index: int, k: int) -> str:
 
 
 def _check(settings: AnnotatedPairSettings) -> None:
-    if settings.split not in SPLIT_CODES:
-        raise BuildRefused(f"split must be one of {list(SPLIT_CODES)}, got {settings.split!r}")
-    for name in ("num_prompts", "batch_size", "reference_size"):
-        value = getattr(settings, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BuildRefused(f"{name} must be an integer >= 1, got {value!r}")
+    check_counts(settings, ("num_prompts", "batch_size", "reference_size"))
     if not isinstance(settings.group, int) or settings.group < 2:
         raise BuildRefused(f"group must be an integer >= 2 (a pair needs two clips), got {settings.group!r}")
     if not settings.tie_margin >= 0:
@@ -109,8 +105,7 @@ def build_annotated_pairs(out_dir: str | Path, cfg: GrpoConfig, settings: Annota
     _check(settings)
     out_dir = Path(out_dir)
     folder = claim(out_dir, WRITER)
-    recorded = {"pairs": asdict(settings), "generator": to_dict(cfg.generator),
-                "sampler": {"train_steps": cfg.sampling.train_steps, "noise": to_dict(cfg.sampling.noise)}}
+    recorded = recorded_settings(settings, cfg)
     if folder.complete and folder.settings == recorded and folder.intact(folder.listed()):
         return out_dir / MANIFEST, settings.num_prompts * settings.group - len(folder.listed("videos/"))
     folder.remove(folder.listed())  # what an earlier (other or unfinished) build left; nothing else
@@ -120,13 +115,8 @@ def build_annotated_pairs(out_dir: str | Path, cfg: GrpoConfig, settings: Annota
     clips = [_clip_file(plan.index, k) for plan in plans for k in range(settings.group)]
     references = sorted({reference_file(p) for plan in plans for p in plan.people})
     folder.plan(clips + references)
-    (out_dir / "references").mkdir(parents=True, exist_ok=True)
+    write_references(out_dir, plans, settings.reference_size)
     (out_dir / "videos").mkdir(exist_ok=True)
-    for plan in plans:
-        for person in plan.people:
-            path = out_dir / reference_file(person)
-            if not path.is_file():
-                write_image(path, render_reference(person, settings.reference_size))
     generator = generator or build_generator(cfg.generator)
     rows, skipped = [], 0
     bar = tqdm(total=len(plans), desc="annotated pairs", unit="prompt", disable=not progress)

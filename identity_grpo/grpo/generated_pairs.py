@@ -119,20 +119,40 @@ def reference_file(identity: Identity) -> str:
     return f"references/{identity.id:05d}.png"
 
 
+def check_counts(settings, names: tuple[str, ...]) -> None:
+    """The split is known and each named setting is an integer >= 1 (BuildRefused naming it)."""
+    if settings.split not in SPLIT_CODES:
+        raise BuildRefused(f"split must be one of {list(SPLIT_CODES)}, got {settings.split!r}")
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise BuildRefused(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def recorded_settings(settings, cfg: GrpoConfig) -> dict:
+    """What a build depends on: its settings, the generator and the training sampler."""
+    return {"pairs": asdict(settings), "generator": to_dict(cfg.generator),
+            "sampler": {"train_steps": cfg.sampling.train_steps, "noise": to_dict(cfg.sampling.noise)}}
+
+
+def write_references(out_dir: Path, plans: list, size: int) -> None:
+    """One reference image per person of the plans (anything with `.people`), each written once."""
+    (out_dir / "references").mkdir(parents=True, exist_ok=True)
+    for plan in plans:
+        for person in plan.people:
+            path = out_dir / reference_file(person)
+            if not path.is_file():
+                write_image(path, render_reference(person, size))
+
+
 def build_generated_pairs(out_dir: str | Path, cfg: GrpoConfig, settings: GeneratedPairSettings,
                           generator: Generator | None = None, progress: bool = True) -> tuple[Path, int]:
     """Build (or find already built) the pairs; returns (manifest path, pairs skipped for a non-finite
     clip). `generator`: the config's generator already built (else built here, on the CPU)."""
-    if settings.split not in SPLIT_CODES:
-        raise BuildRefused(f"split must be one of {list(SPLIT_CODES)}, got {settings.split!r}")
-    for name in ("num_pairs", "batch_size", "reference_size"):
-        value = getattr(settings, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise BuildRefused(f"{name} must be an integer >= 1, got {value!r}")
+    check_counts(settings, ("num_pairs", "batch_size", "reference_size"))
     out_dir = Path(out_dir)
     folder = claim(out_dir, WRITER)
-    recorded = {"pairs": asdict(settings), "generator": to_dict(cfg.generator),
-                "sampler": {"train_steps": cfg.sampling.train_steps, "noise": to_dict(cfg.sampling.noise)}}
+    recorded = recorded_settings(settings, cfg)
     if folder.complete and folder.settings == recorded and folder.intact(folder.listed()):
         kept = sum(1 for line in (out_dir / MANIFEST).read_text().splitlines() if line.strip())
         return out_dir / MANIFEST, settings.num_pairs - kept
@@ -141,13 +161,8 @@ def build_generated_pairs(out_dir: str | Path, cfg: GrpoConfig, settings: Genera
     plans = plan_pairs(settings)
     references = sorted({reference_file(p) for plan in plans for p in plan.people})
     folder.plan([f for plan in plans for f in _files(plan)] + references)
-    (out_dir / "references").mkdir(parents=True, exist_ok=True)
+    write_references(out_dir, plans, settings.reference_size)
     (out_dir / "videos").mkdir(exist_ok=True)
-    for plan in plans:
-        for person in plan.people:
-            path = out_dir / reference_file(person)
-            if not path.is_file():
-                write_image(path, render_reference(person, settings.reference_size))
     generator = generator or build_generator(cfg.generator)
     rows, skipped = [], 0
     bar = tqdm(total=len(plans), desc="generated pairs", unit="pair", disable=not progress)
