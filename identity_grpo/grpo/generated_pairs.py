@@ -89,8 +89,8 @@ def plan_pairs(settings: GeneratedPairSettings) -> list[PairPlan]:
 
 
 def batches_by_people(plans: list, size: int) -> list[list]:
-    """Plans (anything with `.people`) cut into batches of one people count (the generators encode one reference count per
-    batch), in increasing count, each in index order."""
+    """Plans (anything with `.people`) cut into batches of one people count (the generators encode
+    one reference count per batch), in increasing count, each in index order."""
     batches = []
     for count in sorted({len(p.people) for p in plans}):
         same = [p for p in plans if len(p.people) == count]
