@@ -122,7 +122,9 @@ def build_annotated_pairs(out_dir: str | Path, cfg: GrpoConfig, settings: Annota
     bar = tqdm(total=len(plans), desc="annotated pairs", unit="prompt", disable=not progress)
     for number, batch in enumerate(batches_by_people(plans, settings.batch_size)):
         repeated = [plan for plan in batch for _ in range(settings.group)]  # a group of clips per prompt
-        shown = [[render_reference(person, settings.reference_size) for person in plan.people] for plan in repeated]
+        references_of = {plan.index: [render_reference(person, settings.reference_size) for person in plan.people]
+                         for plan in batch}  # rendered once per prompt, shown to each of its clips
+        shown = [references_of[plan.index] for plan in repeated]
         drawn, finite = draw_clips(generator, cfg, [make_prompt(plan.people) for plan in repeated], shown,
                                    stream_rng(settings.seed, Stream.ANNOTATED_PAIRS, number))
         for j, plan in enumerate(batch):
