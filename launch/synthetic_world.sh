@@ -8,7 +8,7 @@
 # The pretrained toy generators, world face models and reward backbone ship in data/pretrained/
 # (nothing is pretrained on a fresh clone unless their building code changed).
 #
-#   bash launch/setup.sh && bash launch/synthetic_world.sh           # quick: under 30 min on 2 CPU cores
+#   bash launch/setup.sh && bash launch/synthetic_world.sh           # quick: about an hour on one CPU core
 #   bash launch/synthetic_world.sh --full                             # the configs' budgets (README figures)
 #
 # Quick runs the same stage 1 and the same held-out evaluation (same identities, prompts, noise,

@@ -49,6 +49,7 @@ from identity_grpo.generators.base import Generator, at_resolution
 from identity_grpo.generators.factory import build_generator
 from identity_grpo.generators.sequence_parallel import DataParallel, enable_sequence_parallel
 from identity_grpo.rewards.registry import WeightedRewards
+from identity_grpo.core.folder_lock import folder_lock
 from identity_grpo.world.prompt_manifests import world_identity_metrics, write_world_manifests
 
 
@@ -70,7 +71,8 @@ def load_prompts(data: DataConfig, accelerator: Accelerator,
     train_manifest, eval_manifest = data.train_manifest, data.eval_manifest
     if data.world.enabled:
         w = data.world
-        with accelerator.main_process_first():  # one process writes, the others read
+        # one process writes, the others read; other runs sharing the folder wait on its lock
+        with accelerator.main_process_first(), folder_lock(w.folder):
             train_manifest, eval_manifest = write_world_manifests(w.folder, w.num_train, w.num_heldout, w.seed, w.num_people)
         evaluate_fn = evaluate_fn or world_identity_metrics
     train_records = load_prompt_manifest(train_manifest, data.check_files)

@@ -24,6 +24,7 @@ from identity_grpo.rewards.registry import RewardFn
 from identity_grpo.world.prompt_manifests import write_world_manifests
 from identity_grpo.faces.analyzer import FaceAnalyzerConfig
 from identity_grpo.core.tracking import read_log
+from identity_grpo.core.folder_lock import folder_lock
 
 
 def eval_manifest(cfg: GrpoConfig) -> str:
@@ -36,7 +37,8 @@ def eval_manifest(cfg: GrpoConfig) -> str:
         raise ValueError("report: data.eval_manifest is empty and data.world is disabled: no prompts to evaluate on")
     if world.num_heldout < 1:
         raise ValueError("report: data.world.num_heldout is 0: the world has no held-out prompts to evaluate on")
-    _, heldout = write_world_manifests(world.folder, world.num_train, world.num_heldout, world.seed, world.num_people)
+    with folder_lock(world.folder):  # a training run may be writing the same files
+        _, heldout = write_world_manifests(world.folder, world.num_train, world.num_heldout, world.seed, world.num_people)
     return str(heldout)
 
 

@@ -1,12 +1,18 @@
 """The end-of-run summary (win rate, headline keys, table), the sample grids, and the synthetic
 world's manifests and identity hook."""
 import json
+import os
+import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from accelerate import Accelerator
 
 from identity_grpo.core.prompt_manifest import PromptRecord, load_prompt_manifest
+from identity_grpo.finetune.config import DataConfig, WorldPrompts
+from identity_grpo.finetune.recipe import load_prompts
 from identity_grpo.finetune.run_metrics import summarize, summary_table, win_rate
 from identity_grpo.core.video_grid import sample_grid, save_grid
 from identity_grpo.world.prompt_manifests import world_identity_scores, write_world_manifests
@@ -59,6 +65,47 @@ def test_sample_grid_shows_each_column_and_writes_files(tmp_path):
         sample_grid({"before": before[:1]}, refs)
     mp4, gif, png = save_grid(grid, tmp_path / "grid")
     assert read_video(mp4).shape[0] == frames and gif.stat().st_size > 0 and png.is_file()
+
+
+def test_world_manifests_written_by_two_runs_at_once(tmp_path, monkeypatch):
+    """Two runs of one config started together (GRPO and IPRO side by side) load the world's prompts
+    from one folder: run A stops just before renaming its train.jsonl into place while run B loads.
+    B waits for A (without the folder's lock B wrote the same temporary, renamed it, and A's rename
+    failed), then both read the files one run alone writes."""
+    real_replace = os.replace
+    a_waiting, a_go = threading.Event(), threading.Event()
+
+    def replace(src, dst):
+        if threading.current_thread().name == "A" and Path(dst).name == "train.jsonl" and not a_waiting.is_set():
+            a_waiting.set()
+            assert a_go.wait(60)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    data = DataConfig(world=WorldPrompts(enabled=True, folder=str(tmp_path / "shared"), num_train=3, num_heldout=2))
+    accelerator = Accelerator(cpu=True)
+    loaded = {}
+
+    def run():
+        try:
+            train, heldout, _ = load_prompts(data, accelerator, None)
+            loaded[threading.current_thread().name] = [r.prompt for r in train + heldout]
+        except Exception as error:  # noqa: BLE001 (reported by the assertion below)
+            loaded[threading.current_thread().name] = error
+
+    a, b = threading.Thread(target=run, name="A"), threading.Thread(target=run, name="B")
+    a.start()
+    assert a_waiting.wait(60)
+    b.start()
+    b.join(2)  # unlocked, B would finish here and break A's rename
+    a_go.set()
+    a.join(60)
+    b.join(60)
+    assert isinstance(loaded["A"], list) and loaded["A"] == loaded["B"], loaded
+    alone = tmp_path / "alone"
+    write_world_manifests(alone, num_train=3, num_heldout=2)
+    files = lambda root: {p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file() and p.name != ".lock"}
+    assert files(tmp_path / "shared") == files(alone)
 
 
 def test_world_manifests_and_identity_hook(tmp_path):

@@ -35,7 +35,9 @@ def test_frames_are_sampled_uniformly_and_float_clips_score_as_uint8(saved):
     prompts = ["a woman"] * 3
     # 4 of 7 frames, evenly from first to last: 0, 2, 4, 6.
     as_uint8 = scorer.score([long_clip, long_clip[[0, 2, 4, 6]], long_clip[[0, 1, 2, 3]]], refs, prompts)
-    assert as_uint8[0] == as_uint8[1] and as_uint8[0] != as_uint8[2]
+    # the same frames score the same wherever they sit in the batch (up to the batch's float rounding)
+    torch.testing.assert_close(as_uint8[1], as_uint8[0], atol=1e-5, rtol=1e-5)
+    assert abs(as_uint8[2] - as_uint8[0]) > 1e-3  # other frames, another score
     batched = torch.from_numpy(np.stack([long_clip] * 3)).float() / 255  # one [B, T, H, W, 3] float tensor
     torch.testing.assert_close(scorer.score(batched, refs, prompts), as_uint8[[0, 0, 0]])
 
